@@ -1,0 +1,259 @@
+"""One config: dataclasses whose defaults are the paper's values (PAPER.md Table 5), YAML presets and
+`--section.key=value` overrides.
+
+    cfg = load_config("launch/configs/tiny.yaml", ["--train.steps=3", "--rollout.engine=hf"])
+
+Unknown sections or keys and values of the wrong type are errors that name the key (and the file).
+Deviation from the paper's wording: "actor gradient clip 0.2" is read as the gradient-NORM clip
+(`train.grad_clip`, verl's `actor.grad_clip`); with exact on-policy updates the PPO ratio is always 1, so a
+clip *ratio* would do nothing. The PPO clip ratios (`grpo.clip_low`, `grpo.clip_high`) are 0.2 as well.
+"""
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # local HF directory of the policy (never a hub id: nothing downloads at run time)
+    tokenizer_path: str = ""  # defaults to `path`
+    dtype: Literal["float32", "bfloat16"] = "float32"  # master weights and optimizer state
+    param_dtype: Literal["float32", "bfloat16"] = "bfloat16"  # FSDP compute dtype (MixedPrecisionPolicy)
+    reduce_dtype: Literal["float32", "bfloat16"] = "float32"  # FSDP gradient reduce-scatter dtype
+    activation_checkpointing: bool = True
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # a directory written by launch/prepare_data.py
+    split: str = "train"
+    template: str = "v0"  # prompt template v0..v6 (Table 10) or "raw" (the context alone)
+    chat: bool = True  # wrap the prompt in the tokenizer's chat template
+    think_prefill: bool = True  # open the assistant turn with "<think>\n" (R1-distill's later revisions do)
+    response_prefill: str = ""  # text the response starts with, e.g. "</think>\n\\boxed{" for tiny models
+    max_prompt_tokens: int = 4096
+    shuffle: bool = True
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["vllm", "hf"] = "vllm"
+    n: int = 8  # G samples per context
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_response_tokens: int = 8192
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5  # share of GPU memory vLLM may take (weights + KV cache)
+    kv_cache_memory_bytes: int = 0  # explicit KV cache size; required on CPU, 0 = from gpu_memory_utilization
+    enforce_eager: bool = False
+    sleep_level: Literal[0, 1, 2] = 1  # 0: never sleep; 1: drop KV cache, offload weights; 2: drop both
+    offload_optimizer: bool = True  # move AdamW state to CPU while the engine generates
+
+
+@dataclass
+class RewardConfig:
+    kind: Literal["prefix_match", "first_token", "dense", "conditional_dense"] = "prefix_match"
+    extraction: Literal["boxed", "raw"] = "boxed"  # raw: the generated text itself is the prediction
+    penalty: float = 0.0  # conditional_dense: reward of groups with no correct sample
+
+
+@dataclass
+class GRPOConfig:
+    adv_eps: float = 1e-6
+    scale_by_std: bool = True  # False: Dr. GRPO advantages
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = (
+        "token-mean"
+    )
+    kl_coef: float = 0.0  # > 0 loads a frozen reference policy (k3 estimator)
+    entropy_coef: float = 0.0
+    dynamic_sampling_start_step: int = 500  # DAPO: drop groups whose G rewards are all equal from this step
+    max_generation_rounds: int = 4  # cap on extra rounds that refill a batch under dynamic sampling
+    on_round_cap: Literal["error", "partial"] = "partial"  # at the cap: fail, or train on what was kept
+    tis_cap: float = 0.0  # > 0: truncated importance sampling against the engine's log-probs (not in paper)
+    logprob_chunk_size: int = 1024  # tokens per chunk of the lm_head + log-softmax
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/rpt"
+    steps: int = 1000
+    batch_size: int = 256  # contexts per step, all ranks together
+    mini_batch_size: int = 256  # contexts per optimizer update (256 = one exact on-policy update per step)
+    micro_batch_tokens: int = 16384  # token budget of one forward/backward
+    lr: float = 1e-6
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    grad_clip: float = 0.2  # gradient-norm clip (see module docstring)
+    warmup_steps: int = 0
+    seed: int = 0
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    resume: str = ""  # "", "auto" (latest complete checkpoint in output_dir) or a checkpoint directory
+    export_hf: bool = True  # write the final policy as an HF directory to output_dir/hf
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = 1
+    tensorboard: bool = True
+    samples_every: int = 10  # write prompts/responses/rewards to samples.jsonl every k steps
+    samples_per_dump: int = 8
+    eval_every: int = 0  # 0: no periodic evaluation
+    eval_splits: tuple[str, ...] = ("easy", "medium", "hard")
+    eval_max_samples: int = 200
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(value, annotation, key: str):
+    """Check `value` against a field annotation; ints are accepted for floats, lists for tuples."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        if value not in typing.get_args(annotation):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(annotation))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: {value!r} does not match {annotation}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-6 (no dot) as a string, and learning rates are written that way
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected float, got {value!r}") from None
+    if annotation is str and value is None:
+        return ""
+    if annotation in (int, float, str, bool) and not (type(value) is annotation):
+        raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _set(cfg: Config, dotted_key: str, value, source: str) -> None:
+    parts = dotted_key.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"{source}: '{dotted_key}' must be section.key, e.g. train.lr")
+    section_name, key = parts
+    if section_name not in {f.name for f in dataclasses.fields(Config)}:
+        raise ConfigError(f"{source}: unknown config section '{section_name}' (in '{dotted_key}')")
+    section = getattr(cfg, section_name)
+    hints = typing.get_type_hints(type(section))
+    if key not in hints:
+        raise ConfigError(f"{source}: unknown config key '{dotted_key}'")
+    setattr(section, key, _coerce(value, hints[key], f"{source}: {dotted_key}"))
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, object]]:
+    """["--train.lr=1e-5", "--rollout.engine", "hf"] -> [("train.lr", 1e-5), ("rollout.engine", "hf")].
+
+    Values are read as YAML scalars or lists, so 1e-5, true, null and [0.9, 0.95] work."""
+    pairs, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ConfigError(f"unexpected argument '{arg}': overrides look like --section.key=value")
+        if "=" in arg:
+            key, text = arg[2:].split("=", 1)
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"'{arg}' has no value")
+            key, text = arg[2:], args[i + 1]
+            i += 1
+        pairs.append((key, yaml.safe_load(text) if text != "" else ""))
+        i += 1
+    return pairs
+
+
+def _yaml_pairs(path: str) -> list[tuple[str, object]]:
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    pairs = []
+    for section, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: section '{section}' must be a mapping")
+        pairs += [(f"{section}.{key}", value) for key, value in values.items()]
+    return pairs
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults (the paper's values) <- YAML preset <- command-line overrides, then validation."""
+    cfg = Config()
+    if path:
+        for key, value in _yaml_pairs(path):
+            _set(cfg, key, value, path)
+    for key, value in parse_overrides(overrides or []):
+        _set(cfg, key, value, "command line")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    if not cfg.model.path:
+        raise ConfigError("model.path is required (a local HF model directory)")
+    if not cfg.data.path:
+        raise ConfigError("data.path is required (a directory written by launch/prepare_data.py)")
+    if cfg.train.mini_batch_size <= 0 or cfg.train.batch_size % cfg.train.mini_batch_size:
+        raise ConfigError("train.batch_size must be a positive multiple of train.mini_batch_size")
+    if cfg.rollout.n < 2:
+        raise ConfigError("rollout.n must be >= 2: group-normalized advantages need several samples")
+    if not 0 < cfg.rollout.temperature:
+        raise ConfigError("rollout.temperature must be > 0")
+    if not cfg.data.chat and cfg.data.think_prefill:
+        raise ConfigError("data.think_prefill needs data.chat=true (the <think> turn opens the chat reply)")
+
+
+def to_dict(cfg: Config) -> dict:
+    out = dataclasses.asdict(cfg)
+    for section in out.values():
+        for key, value in section.items():
+            if isinstance(value, tuple):
+                section[key] = list(value)
+    return out
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

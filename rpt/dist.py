@@ -1,0 +1,68 @@
+"""Process-group setup from torchrun's environment, in the spirit of nanoGPT / nanochat.
+
+Under torchrun (RANK set): nccl on CUDA, gloo on CPU, one device per local rank. Without RANK: a single
+process, no process group, and every helper below still works.
+"""
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """-> (rank, world_size, device). Idempotent."""
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        local_rank = int(os.environ["LOCAL_RANK"])
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def print0(*args, **kwargs) -> None:
+    if get_rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, numpy and torch with seed + rank, so ranks draw different numbers reproducibly."""
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed + rank)
+
+
+def all_reduce_mean(values: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """Average scalar metrics over ranks in one collective; returns Python floats."""
+    keys = sorted(values)
+    stacked = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    if dist.is_initialized():
+        stacked = stacked.to(_collective_device())
+        dist.all_reduce(stacked)  # every rank must pass the same keys
+        stacked = stacked.cpu() / dist.get_world_size()
+    return dict(zip(keys, stacked.tolist()))
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,58 @@
+r"""The prediction y_t of a next-token-reasoning response (PAPER.md 1, Section 3.3 of the paper): the
+complete content of the LAST `\boxed{...}` after the LAST `</think>`, braces balanced.
+
+Rules, chosen to be deterministic on any model output:
+- The box is the last occurrence of the literal `\boxed{` after the last `</think>`. A nested
+  `\boxed{a \boxed{b}}` therefore yields `b` (the inner box starts last), as rfind-based graders do.
+- Braces are counted the way TeX reads them: a backslash and the character after it are one unit, so `\{`,
+  `\}` and `\\` never open or close anything (`\boxed{\{}` -> `\{`, `\boxed{\\}` -> `\\`). The
+  content is returned verbatim: no unescaping, no whitespace stripped (whitespace is part of the token).
+- If that last box never closes (a truncated response, or `\boxed{a\}`), there is no prediction: None,
+  even when an earlier box did close.
+
+Deviations from the paper: the paper does not say how escaped braces, nested boxes or an unclosed last box
+are read; the rules above are this project's choice. `\boxed {x}` (space before the brace) and
+`\boxed x` are not recognised.
+"""
+import re
+
+THINK_END = "</think>"
+BOX_OPEN = "\\boxed{"
+_BRACE_OR_ESCAPE = re.compile(r"\\.|[{}]", re.DOTALL)  # an escape pair is one unit: it never counts
+
+
+def find_closing_brace(text: str, start: int) -> int:
+    """Index of the `}` that closes a group whose content starts at `start` (the `{` is just before it),
+    or -1 if the group never closes."""
+    first_close = text.find("}", start)
+    if first_close < 0:
+        return -1
+    # Fast path for the usual box (` the`, `=`): nothing that could open a group or escape a brace.
+    if text.find("{", start, first_close) < 0 and text.find("\\", start, first_close) < 0:
+        return first_close
+    depth = 1
+    for match in _BRACE_OR_ESCAPE.finditer(text, start):
+        unit = match.group()
+        if unit == "{":
+            depth += 1
+        elif unit == "}":
+            depth -= 1
+            if depth == 0:
+                return match.start()
+    return -1
+
+
+def extract_prediction(response: str) -> str | None:
+    r"""The content of the last `\boxed{...}` after the last `</think>` of `response`, or None when there is
+    no `</think>`, no box after it, or the last box never closes. Never raises on a str."""
+    think_end = response.rfind(THINK_END)
+    if think_end < 0:
+        return None
+    box = response.rfind(BOX_OPEN, think_end + len(THINK_END))
+    if box < 0:
+        return None
+    start = box + len(BOX_OPEN)
+    end = find_closing_brace(response, start)
+    if end < 0:
+        return None
+    return response[start:end]
