@@ -68,7 +68,8 @@ def compute_relative_change(baseline: dict[str, float], other: dict[str, float])
 
 
 def read_responses(path: str | Path, field: str = "response") -> list[str]:
-    """The `field` of every line of a jsonl file; a line without it is an error naming the line."""
+    """The `field` of every line of a jsonl file (a list of texts counts as that many responses); a line
+    without the field is an error naming the line."""
     responses = []
     with open(path) as lines:
         for line_number, line in enumerate(lines, 1):
@@ -77,7 +78,8 @@ def read_responses(path: str | Path, field: str = "response") -> list[str]:
             record = json.loads(line)
             if field not in record:
                 raise KeyError(f"{path}:{line_number} has no field {field!r} (fields: {sorted(record)})")
-            responses.append(record[field])
+            value = record[field]
+            responses += value if isinstance(value, list) else [value]
     return responses
 
 

@@ -78,7 +78,8 @@ def fit_power_law(compute: np.ndarray, accuracy: np.ndarray) -> PowerLawFit:
     # run off to exponents where c^(-alpha) underflows.
     infinity = np.inf
     result = least_squares(residual_fn, x0=[p_star_start, a_start, np.log(alpha_start)],
-                           bounds=([-infinity, -infinity, np.log(1e-4)], [infinity, infinity, np.log(20.0)]))
+                           bounds=([-infinity, -infinity, np.log(1e-4)], [infinity, infinity, np.log(20.0)]),
+                           ftol=1e-12, xtol=1e-12, gtol=1e-12)
     p_star, a_scaled, log_alpha = result.x
     alpha = float(np.exp(log_alpha))
     predicted = p_star - a_scaled * scaled ** (-alpha)  # (P,)
