@@ -3,7 +3,6 @@
 Nothing here downloads: a path that is not a local directory is an error (HF_HUB_OFFLINE is set as well).
 """
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -71,7 +70,3 @@ def build_tiny_qwen2(out_dir: str | Path, tokenizer_dir: str | Path, seed: int =
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
-
-def copy_model_dir(src: str | Path, dst: str | Path) -> Path:
-    shutil.copytree(src, dst, dirs_exist_ok=True)
-    return Path(dst)

@@ -17,7 +17,7 @@ class SamplingParams:
     temperature: float = 0.8
     top_p: float = 1.0
     max_tokens: int = 8192
-    seed: int = 0  # same seed on every rank -> the same samples for the same prompts
+    seed: int = 0  # prompt i of a generate() call samples with seed + i, unless seeds are given per prompt
 
 
 @dataclass
@@ -28,8 +28,12 @@ class Completion:
 
 
 class Engine(Protocol):
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
-        """prompts: B lists of prompt token ids -> B lists of params.n completions each."""
+    def generate(self, prompts: list[list[int]], params: SamplingParams,
+                 seeds: list[int] | None = None) -> list[list[Completion]]:
+        """prompts: B lists of prompt token ids -> B lists of params.n completions each.
+
+        seeds: one per prompt (default params.seed + i). The trainer derives them from each sample's
+        identity, so a context gets the same completions whichever rank or batch it lands in."""
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load full (unsharded) weights, HF parameter names, streamed one tensor at a time."""

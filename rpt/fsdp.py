@@ -1,0 +1,168 @@
+"""Everything that touches FSDP2: shard the policy, stream its full weights to the rollout engine, and
+save/load distributed checkpoints. Nothing else in rpt reaches into FSDP internals.
+
+Layout (torchtitan's recipe): activation checkpointing inside each decoder block, `fully_shard` on each block,
+then on the root, with a `MixedPrecisionPolicy`. Big models are built on the meta device on every rank but
+rank 0, which loads the weights and broadcasts them while they are sharded.
+"""
+import os
+import random
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from rpt.grpo.logprobs import PolicyLogprobs
+from rpt.model import DTYPES, load_model
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The repeated blocks of an HF causal LM (Llama, Qwen2, Mistral ...: `model.model.layers`)."""
+    return model.model.layers
+
+
+def build_policy(path: str, dtype: str = "float32", param_dtype: str = "float32", reduce_dtype: str = "float32",
+                 activation_checkpointing: bool = False, attn_implementation: str = "sdpa",
+                 device: torch.device = torch.device("cpu")) -> PolicyLogprobs:
+    """Load the HF model at `path` and shard it over the default process group (no-op without one).
+
+    Rank 0 reads the checkpoint; the other ranks build on the meta device and receive the weights by
+    broadcast after sharding, so no rank but 0 ever holds a full copy (a 14B model is 59 GB in fp32)."""
+    distributed = dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    hf_model = load_model(path, dtype, attn_implementation, device="cpu" if rank == 0 else "meta")
+    if activation_checkpointing:
+        # inside each block, so parameter names stay the HF names the engines load
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy = PolicyLogprobs(hf_model)
+    if not distributed:
+        return policy.to(device)
+
+    full_state = policy.state_dict() if rank == 0 else {}
+    full_buffers = {name: buf.clone() for name, buf in policy.named_buffers()} if rank == 0 else None
+    mp_policy = MixedPrecisionPolicy(param_dtype=DTYPES[param_dtype], reduce_dtype=DTYPES[reduce_dtype])
+    for layer in decoder_layers(hf_model):
+        fully_shard(layer, mp_policy=mp_policy)
+    # the root keeps its parameters (embeddings, final norm, lm_head) gathered between forward and backward
+    fully_shard(policy, mp_policy=mp_policy, reshard_after_forward=False)
+    policy.to_empty(device=device)  # rank 0's values come back from full_state below, like everyone's
+    set_model_state_dict(policy, full_state,
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    # buffers (rotary inv_freq) are not in the state dict and are garbage after to_empty: send rank 0's
+    for name, buf in policy.named_buffers():
+        source = full_buffers[name].to(device) if rank == 0 else torch.empty_like(buf, device=device)
+        dist.broadcast(source, src=0)
+        buf.copy_(source)
+    return policy
+
+
+def iter_full_weights(policy: PolicyLogprobs, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, full tensor), one parameter at a time, gathered from the FSDP shards.
+
+    Every rank must consume the whole iterator (each `full_tensor()` is a collective). Only one full
+    parameter exists at a time beyond the shards, so the sync never holds a second copy of the model."""
+    for name, param in policy.model.named_parameters():
+        tensor = param.detach()
+        full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+        yield name, full if dtype is None else full.to(dtype)
+
+
+def clip_grad_norm(policy: nn.Module, max_norm: float) -> torch.Tensor:
+    """Global gradient-norm clip; returns the norm before clipping as a plain tensor."""
+    norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_checkpoint(directory: Path, policy: nn.Module, optimizer, scheduler, step: int, extra: dict,
+                    keep: int = 2) -> Path:
+    """Write `directory/step_{step:08d}` atomically: everything goes to a temp dir that rank 0 renames once
+    all ranks are done, so a crash mid-save leaves the previous checkpoint as the latest complete one.
+
+    Model and optimizer go through DCP (sharded, loadable at any world size); scheduler, step and each
+    rank's RNG and `extra` (e.g. the data iterator position) go to a small per-rank file."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    final = directory / f"step_{step:08d}"
+    tmp = directory / f".tmp_step_{step:08d}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    model_state, optim_state = get_state_dict(policy, optimizer)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
+    torch.save({"step": step, "scheduler": scheduler.state_dict(), "rng": _rng_state(), "extra": extra},
+               tmp / f"rank{rank}.pt")
+    _barrier()
+    if rank == 0:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted(directory.glob("step_*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint (temp dirs of interrupted saves are ignored)."""
+    found = sorted(Path(directory).glob("step_*"))
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, policy: nn.Module, optimizer, scheduler) -> tuple[int, dict]:
+    """Restore model, optimizer, scheduler and this rank's RNG in place; -> (step, extra)."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    model_state, optim_state = get_state_dict(policy, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(policy, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    rank_file = path / f"rank{rank}.pt"
+    if not rank_file.exists():  # resumed at another world size: rank 0's scheduler state is everyone's
+        rank_file = path / "rank0.pt"
+    small = torch.load(rank_file, weights_only=False)
+    scheduler.load_state_dict(small["scheduler"])
+    _set_rng_state(small["rng"])
+    return small["step"], small["extra"]
+
+
+def export_hf(policy: PolicyLogprobs, tokenizer, out_dir: Path) -> None:
+    """Write the policy as a plain HF directory (safetensors + config + tokenizer) on rank 0, loadable by
+    transformers and vLLM."""
+    state = get_model_state_dict(policy.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        policy.model.save_pretrained(out_dir, state_dict=state)
+        tokenizer.save_pretrained(out_dir)
+    _barrier()
