@@ -1,0 +1,120 @@
+"""Micro-batches under a token budget, padding-free: the sequences of a micro-batch are packed into one row.
+
+A sequence is prompt + response. Position t of a packed row predicts the next token of the same sequence, so
+each sequence contributes len(prompt) + len(response) - 1 positions (its last token predicts nothing and is
+left out); the loss mask is True on positions whose target is a response token.
+
+Why packing works without cross-attention: `position_ids` restart at 0 for every sequence, and transformers
+5.x (masking_utils.find_packed_sequence_indices) turns every restart into a block-diagonal causal mask for the
+sdpa and eager attention (on CPU too; sdpa then materializes a (1, 1, L, L) bool mask, O(L^2) memory), while
+flash_attention_2 derives cu_seqlens from the same position_ids. This holds only when attention_mask is None
+and no KV cache is passed: call the model with use_cache=False (rpt.grpo.logprobs.PolicyLogprobs does), since
+the config default (use_cache=True, also in train mode) creates a cache and packed sequences then silently
+attend to each other (measured: logit error 0.47 on a tiny Qwen2). tests/grpo/test_packing.py checks that a
+packed row gives each sequence's log-probs as if it ran alone.
+
+Bin packing: longest-first, each sequence into the currently lightest micro-batch, with as few micro-batches
+as fit the budget (at least `min_micro_batches`). Under FSDP every rank must run the same number of forward
+passes (each one all-gathers parameters), so the trainer packs, all-reduces the MAX micro-batch count over
+ranks, and packs again with min_micro_batches set to it.
+
+Deviations from the paper: none (verl packs sequences the same way with its "dynamic batch size" option).
+"""
+import heapq
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class MicroBatch:
+    """One packed row holding several sequences. L = sum over its sequences of (prompt + response - 1)."""
+
+    input_ids: torch.Tensor  # (1, L) long
+    position_ids: torch.Tensor  # (1, L) long, restarting at 0 for every sequence
+    targets: torch.Tensor  # (1, L) long, the next token of the same sequence
+    loss_mask: torch.Tensor  # (1, L) bool, True where the target is a response token
+    response_lengths: torch.Tensor  # (1, L) float, response tokens of the sequence each position belongs to
+    seq_index: torch.Tensor  # (1, L) long, index in the step's list of the sequence each position belongs to
+    sequence_indices: list[int]  # the step's sequences in this micro-batch, in packing order
+
+    def expand_sequence_values(self, values: torch.Tensor) -> torch.Tensor:
+        """values: (num_sequences,) one number per sequence of the step (e.g. advantages) -> (1, L) per position."""
+        return values[self.seq_index.to(values.device)]  # (1, L)
+
+    def place_response_values(self, values: list[torch.Tensor]) -> torch.Tensor:
+        """values: per sequence of the step, one number per response token (e.g. the engine's sampled-token
+        log-probs) -> (1, L) with each value at the position predicting that token, 0 elsewhere."""
+        placed = torch.zeros(self.loss_mask.shape, dtype=values[0].dtype, device=values[0].device)  # (1, L)
+        # Loss positions appear in sequence order and, within a sequence, in response order.
+        placed[self.loss_mask.to(placed.device)] = torch.cat([values[i] for i in self.sequence_indices])
+        return placed
+
+    def to(self, device: torch.device | str) -> "MicroBatch":
+        tensors = {name: getattr(self, name).to(device) for name in
+                   ("input_ids", "position_ids", "targets", "loss_mask", "response_lengths", "seq_index")}
+        return MicroBatch(**tensors, sequence_indices=self.sequence_indices)
+
+
+def _assign_longest_first(lengths: list[int], num_bins: int) -> list[list[int]]:
+    """Sequence indices per bin: longest sequence first, each into the bin with the fewest tokens so far."""
+    bins = [[] for _ in range(num_bins)]
+    loads = [(0, bin_index) for bin_index in range(num_bins)]  # min-heap of (tokens, bin)
+    for seq in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        load, bin_index = heapq.heappop(loads)
+        bins[bin_index].append(seq)
+        heapq.heappush(loads, (load + lengths[seq], bin_index))
+    return [sorted(seqs) for seqs in bins]
+
+
+def _pack_row(prompt_ids: list[list[int]], response_ids: list[list[int]], seqs: list[int]) -> MicroBatch:
+    input_ids, position_ids, targets, loss_mask, response_lengths, seq_index = [], [], [], [], [], []
+    for seq in seqs:
+        tokens = prompt_ids[seq] + response_ids[seq]
+        positions = len(tokens) - 1
+        input_ids += tokens[:-1]
+        targets += tokens[1:]
+        position_ids += range(positions)
+        # Position t predicts token t + 1, which is a response token from t = len(prompt) - 1 on.
+        loss_mask += [t >= len(prompt_ids[seq]) - 1 for t in range(positions)]
+        response_lengths += [len(response_ids[seq])] * positions
+        seq_index += [seq] * positions
+    return MicroBatch(
+        input_ids=torch.tensor([input_ids], dtype=torch.long),
+        position_ids=torch.tensor([position_ids], dtype=torch.long),
+        targets=torch.tensor([targets], dtype=torch.long),
+        loss_mask=torch.tensor([loss_mask], dtype=torch.bool),
+        response_lengths=torch.tensor([response_lengths], dtype=torch.float32),
+        seq_index=torch.tensor([seq_index], dtype=torch.long),
+        sequence_indices=list(seqs),
+    )
+
+
+def pack_micro_batches(
+    prompt_ids: list[list[int]], response_ids: list[list[int]], max_tokens: int, min_micro_batches: int = 1
+) -> list[MicroBatch]:
+    """Split N sequences into packed micro-batches of at most max_tokens positions each.
+
+    prompt_ids, response_ids: N lists of token ids (prompt non-empty; sequence i is prompt_ids[i] + response_ids[i]).
+    max_tokens: the token budget of one micro-batch (positions in its packed row).
+    min_micro_batches: at least this many micro-batches (to equalize the count across ranks); at most N.
+    Returns the micro-batches; every sequence is in exactly one. Raises ValueError if one sequence alone
+    exceeds the budget.
+    """
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses")
+    if not 1 <= min_micro_batches <= len(prompt_ids):
+        raise ValueError(f"min_micro_batches={min_micro_batches} must be between 1 and the {len(prompt_ids)} sequences")
+    if any(len(prompt) == 0 for prompt in prompt_ids):
+        raise ValueError("every prompt needs at least one token (it predicts the first response token)")
+    lengths = [len(prompt) + len(response) - 1 for prompt, response in zip(prompt_ids, response_ids)]
+    if max(lengths) > max_tokens:
+        raise ValueError(f"a sequence of {max(lengths)} positions exceeds the micro-batch budget of {max_tokens} "
+                         "tokens; raise the budget to at least max prompt + max response length")
+    num_bins = max(min_micro_batches, math.ceil(sum(lengths) / max_tokens))
+    while True:  # ends: with one sequence per bin every bin fits
+        bins = _assign_longest_first(lengths, num_bins)
+        if all(sum(lengths[seq] for seq in seqs) <= max_tokens for seqs in bins):
+            return [_pack_row(prompt_ids, response_ids, seqs) for seqs in bins]
+        num_bins += 1
