@@ -75,7 +75,7 @@ class GRPOConfig:
     kl_coef: float = 0.0  # > 0 loads a frozen reference policy (k3 estimator)
     entropy_coef: float = 0.0
     dynamic_sampling_start_step: int = 500  # DAPO: drop groups whose G rewards are all equal from this step
-    max_generation_rounds: int = 4  # cap on extra rounds that refill a batch under dynamic sampling
+    max_generation_rounds: int = 4  # generation rounds per step at most (refills under dynamic sampling)
     on_round_cap: Literal["error", "partial"] = "partial"  # at the cap: fail, or train on what was kept
     tis_cap: float = 0.0  # > 0: truncated importance sampling against the engine's log-probs (not in paper)
     logprob_chunk_size: int = 1024  # tokens per chunk of the lm_head + log-softmax
@@ -104,6 +104,7 @@ class TrainConfig:
 class LoggingConfig:
     log_every: int = 1
     tensorboard: bool = True
+    entropy: bool = False  # compute and log the policy's per-token entropy (one more pass over V per chunk)
     samples_every: int = 10  # write prompts/responses/rewards to samples.jsonl every k steps
     samples_per_dump: int = 8
     eval_every: int = 0  # 0: no periodic evaluation
