@@ -66,7 +66,7 @@ def tiny_qwen2_dir(shared_data, tmp_path_factory) -> Path:
 def run_torchrun(script: str | Path, args: list[str], nproc: int = 2, timeout: int = 300, env: dict | None = None):
     """Run `torchrun --nproc_per_node=nproc script args` on CPU/gloo; fail the test with its output."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
            str(script), *args]
     result = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     if result.returncode != 0:

@@ -1,0 +1,82 @@
+"""Config: YAML <-> dataclass round trip, override parsing, validation errors that name the key."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from rpt.config import Config, ConfigError, load_config, parse_overrides, save_config, to_dict
+from tests.conftest import REPO
+
+PATHS = ["--model.path=m", "--data.path=d"]
+
+
+def test_defaults_are_the_papers_table5():
+    cfg = Config()
+    assert (cfg.train.batch_size, cfg.train.mini_batch_size, cfg.rollout.n) == (256, 256, 8)
+    assert (cfg.train.lr, cfg.train.betas, cfg.train.weight_decay, cfg.train.grad_clip) == (1e-6, (0.9, 0.999), 0.01, 0.2)
+    assert (cfg.rollout.temperature, cfg.data.max_prompt_tokens, cfg.rollout.max_response_tokens) == (0.8, 4096, 8192)
+    assert (cfg.grpo.kl_coef, cfg.grpo.entropy_coef, cfg.grpo.dynamic_sampling_start_step) == (0.0, 0.0, 500)
+    assert (cfg.grpo.clip_low, cfg.grpo.clip_high, cfg.train.steps) == (0.2, 0.2, 1000)
+
+
+def test_14b_preset_equals_defaults_except_paths_and_output():
+    cfg = load_config(str(REPO / "launch/configs/rpt_14b.yaml"), PATHS)
+    expected = to_dict(Config())
+    got = to_dict(cfg)
+    for section in expected:
+        for key in expected[section]:
+            if (section, key) in {("model", "path"), ("data", "path"), ("train", "output_dir")}:
+                continue
+            assert got[section][key] == expected[section][key], f"{section}.{key}"
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config(str(REPO / "launch/configs/tiny.yaml"), ["--train.betas=[0.8, 0.95]", "--train.lr=3e-4"])
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(str(tmp_path / "c.yaml"))
+    assert to_dict(again) == to_dict(cfg)
+    assert again.train.betas == (0.8, 0.95) and again.train.lr == 3e-4
+    assert yaml.safe_load((tmp_path / "c.yaml").read_text())["rollout"]["engine"] == "hf"
+
+
+def test_override_parsing_forms():
+    assert parse_overrides(["--train.lr=1e-5", "--rollout.engine", "hf", "--train.resume="]) == [
+        ("train.lr", "1e-5"), ("rollout.engine", "hf"), ("train.resume", "")]
+    cfg = load_config(None, PATHS + ["--train.lr=1e-5", "--train.steps", "7", "--data.chat=false",
+                                     "--data.think_prefill=false", "--rollout.temperature=1"])
+    assert (cfg.train.lr, cfg.train.steps, cfg.data.chat, cfg.rollout.temperature) == (1e-5, 7, False, 1.0)
+    assert isinstance(cfg.rollout.temperature, float)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grpo.bogus=1"], "grpo.bogus"),
+    (["--nosuch.key=1"], "unknown config section 'nosuch'"),
+    (["--train.steps=abc"], "train.steps: expected int"),
+    (["--train.lr=fast"], "train.lr: expected float"),
+    (["--rollout.engine=sglang"], "rollout.engine: 'sglang' is not one of"),
+    (["--train.betas=[0.9]"], "train.betas: expected 2 values"),
+    (["--data.chat=maybe"], "data.chat: expected bool"),
+    (["train.lr=1"], "overrides look like --section.key=value"),
+])
+def test_bad_overrides_name_the_key(args, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config(None, PATHS + args)
+
+
+def test_missing_required_paths_and_cross_field_checks(tmp_path):
+    with pytest.raises(ConfigError, match="model.path is required"):
+        load_config(None, ["--data.path=d"])
+    with pytest.raises(ConfigError, match="multiple of train.mini_batch_size"):
+        load_config(None, PATHS + ["--train.batch_size=10", "--train.mini_batch_size=4"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: [1, 2]\n")
+    with pytest.raises(ConfigError, match=f"{bad}: train.lr"):
+        load_config(str(bad), PATHS)
+
+
+def test_train_cli_fails_fast_naming_the_key():
+    result = subprocess.run([sys.executable, "launch/train.py", "--config", "launch/configs/tiny.yaml",
+                             "--grpo.bogus=1"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "grpo.bogus" in result.stderr
