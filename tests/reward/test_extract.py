@@ -1,0 +1,99 @@
+r"""extract_prediction: hand cases for every rule in rpt/reward/extract.py, and agreement with a
+character-by-character reference scanner on generated adversarial strings."""
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rpt.reward import extract_prediction
+
+
+def reference_extract(text: str) -> str | None:
+    """The rules written out naively: every position checked, one character at a time."""
+    think_ends = [i for i in range(len(text)) if text.startswith("</think>", i)]
+    if not think_ends:
+        return None
+    after = think_ends[-1] + len("</think>")
+    boxes = [i for i in range(after, len(text)) if text.startswith("\\boxed{", i)]
+    if not boxes:
+        return None
+    start = boxes[-1] + len("\\boxed{")
+    depth, i = 1, start
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2  # a backslash and the next character are one unit
+            continue
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i]
+        i += 1
+    return None
+
+
+def test_plain_box_after_think():
+    assert extract_prediction("<think>\nthe next token is a space and a word\n</think>\n\n\\boxed{ para}") == " para"
+
+
+def test_whitespace_inside_the_box_is_kept():
+    assert extract_prediction("</think>\\boxed{ = }") == " = "
+    assert extract_prediction("</think>\\boxed{\n}") == "\n"
+
+
+def test_nested_braces_balanced():
+    assert extract_prediction(r"</think> so \boxed{\frac{a}{b}} is it") == r"\frac{a}{b}"
+    assert extract_prediction(r"</think>\boxed{x^{2_{3}}}") == "x^{2_{3}}"
+
+
+def test_last_box_after_last_think_wins():
+    response = r"\boxed{A}</think>\boxed{B} then \boxed{C}</think> final \boxed{D} and \boxed{E}"
+    assert extract_prediction(response) == "E"
+
+
+def test_box_only_before_last_think_gives_none():
+    assert extract_prediction(r"</think>\boxed{A}</think> no box here") is None
+
+
+def test_no_think_gives_none():
+    assert extract_prediction(r"\boxed{ the}") is None
+    assert extract_prediction("") is None
+
+
+def test_last_box_unclosed_gives_none_even_after_a_closed_one():
+    assert extract_prediction(r"</think>\boxed{A} and \boxed{B") is None
+    assert extract_prediction(r"</think>\boxed{\frac{a}{b}") is None
+
+
+def test_escaped_braces_do_not_count():
+    assert extract_prediction(r"</think>\boxed{\{}") == r"\{"
+    assert extract_prediction(r"</think>\boxed{\}}") == r"\}"
+    assert extract_prediction(r"</think>\boxed{a\}") is None  # the only `}` is escaped
+    assert extract_prediction(r"</think>\boxed{\\}") == "\\\\"  # `\\` is one unit, then `}` closes
+
+
+def test_nested_box_yields_the_inner_one():
+    assert extract_prediction(r"</think>\boxed{a \boxed{b}}") == "b"
+
+
+def test_empty_box_is_an_empty_prediction():
+    assert extract_prediction(r"</think>\boxed{}") == ""
+
+
+FRAGMENTS = ["</think>", "\\boxed{", "{", "}", "\\", "\\{", "\\}", "\\\\", "a", " ", "\n", "日", "</think",
+             "boxed{", "\\frac{", "🦜"]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(FRAGMENTS), max_size=24))
+def test_agrees_with_reference_scanner(fragments):
+    text = "".join(fragments)
+    assert extract_prediction(text) == reference_extract(text)
+
+
+ANY_CHARACTER = st.characters(exclude_categories=()) | st.characters(categories=["Cs"])  # lone surrogates too
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(ANY_CHARACTER, max_size=200))
+def test_never_raises_on_any_text(text):
+    assert extract_prediction(text) == reference_extract(text)
