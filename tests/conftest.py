@@ -72,3 +72,15 @@ def run_torchrun(script: str | Path, args: list[str], nproc: int = 2, timeout: i
     if result.returncode != 0:
         pytest.fail(f"torchrun failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
     return result
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(omni_math_path, stories_dir, tmp_path_factory) -> Path:
+    """A small prepared samples directory: 24 OmniMATH documents scored by stories260K (the tiny default's
+    pipeline, cut down)."""
+    from rpt.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("tiny_data")
+    prepare(omni_math_path, stories_dir, out, max_docs=24, heldout_docs=4, max_context=64, docs_per_chunk=8,
+            progress=False)
+    return out
