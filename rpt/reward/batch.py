@@ -67,7 +67,9 @@ def compute_rewards(responses: list[str], continuation_token_bytes: list[Sequenc
     matches = [count_matched_tokens(encoded, pieces) for encoded, pieces in
                zip(prediction_bytes, continuation_token_bytes)]
     diagnostics = {
-        "had_think": torch.tensor([THINK_END in response for response in responses], dtype=torch.float32),
+        # a box was only looked for after </think>; scanning 2,000 characters again would double the cost
+        "had_think": torch.tensor([prediction is not None or THINK_END in response
+                                   for prediction, response in zip(boxed, responses)], dtype=torch.float32),
         "had_box": torch.tensor([prediction is not None for prediction in boxed], dtype=torch.float32),
         "prediction_bytes": torch.tensor([len(encoded) for encoded in prediction_bytes], dtype=torch.float32),
         "matched_tokens": torch.tensor([matched for matched, _ in matches], dtype=torch.float32),

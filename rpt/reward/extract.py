@@ -4,21 +4,26 @@ complete content of the LAST `\boxed{...}` after the LAST `</think>`, braces bal
 Rules, chosen to be deterministic on any model output:
 - The box is the last occurrence of the literal `\boxed{` after the last `</think>`. A nested
   `\boxed{a \boxed{b}}` therefore yields `b` (the inner box starts last), as rfind-based graders do.
-- Braces are counted the way TeX reads them: a backslash and the character after it are one unit, so `\{`,
-  `\}` and `\\` never open or close anything (`\boxed{\{}` -> `\{`, `\boxed{\\}` -> `\\`). The
-  content is returned verbatim: no unescaping, no whitespace stripped (whitespace is part of the token).
-- If that last box never closes (a truncated response, or `\boxed{a\}`), there is no prediction: None,
+- Every `{` and `}` counts, a backslash is an ordinary character: `\boxed{ \}` -> ` \`, `\boxed{\}}` ->
+  `\` (then a stray `}`), `\boxed{\{}` never closes. This is the brace counting of the MATH/verl
+  `last_boxed_only_string` the paper's verl setup extracts with, and it suits the task: the prediction
+  is a raw token, and tokens ending in a backslash (` \`, `=\`, `(\` before a LaTeX command) are common
+  while `\{`/`\}` tokens are rare. Measured on 436,670 Qwen2 tokens of OmniMATH solutions written as
+  `\boxed{token}`: 90.7% come back exactly with this rule, 85.2% if `\{`, `\}` were read as TeX escapes,
+  and no token comes back with the escape rule that does not with this one.
+- The content is returned verbatim: nothing unescaped, no whitespace stripped (it is part of the token).
+- If that last box never closes (a truncated response, or unbalanced `{`), there is no prediction: None,
   even when an earlier box did close.
 
-Deviations from the paper: the paper does not say how escaped braces, nested boxes or an unclosed last box
-are read; the rules above are this project's choice. `\boxed {x}` (space before the brace) and
-`\boxed x` are not recognised.
+Deviations from the paper: the paper does not say how nested boxes or an unclosed last box are read; the
+rules above are this project's choice. `\boxed {x}` (space before the brace) and `\boxed x` are not
+recognised.
 """
 import re
 
 THINK_END = "</think>"
 BOX_OPEN = "\\boxed{"
-_BRACE_OR_ESCAPE = re.compile(r"\\.|[{}]", re.DOTALL)  # an escape pair is one unit: it never counts
+_BRACE = re.compile(r"[{}]")
 
 
 def find_closing_brace(text: str, start: int) -> int:
@@ -27,18 +32,13 @@ def find_closing_brace(text: str, start: int) -> int:
     first_close = text.find("}", start)
     if first_close < 0:
         return -1
-    # Fast path for the usual box (` the`, `=`): nothing that could open a group or escape a brace.
-    if text.find("{", start, first_close) < 0 and text.find("\\", start, first_close) < 0:
+    if text.find("{", start, first_close) < 0:  # the usual box (` the`, `=`): nothing opens inside it
         return first_close
     depth = 1
-    for match in _BRACE_OR_ESCAPE.finditer(text, start):
-        unit = match.group()
-        if unit == "{":
-            depth += 1
-        elif unit == "}":
-            depth -= 1
-            if depth == 0:
-                return match.start()
+    for match in _BRACE.finditer(text, start):
+        depth += 1 if match.group() == "{" else -1
+        if depth == 0:
+            return match.start()
     return -1
 
 

@@ -23,6 +23,8 @@ from typing import Sequence
 
 import tokenizers
 
+from rpt.reward.prefix_match import encode_utf8
+
 _BYTE_FALLBACK_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
@@ -120,16 +122,22 @@ def tokenizer_bytes(tokenizer) -> TokenizerBytes:
     return cached[1]
 
 
+def _look_up(table: list[bytes | None], ids: Sequence[int]) -> list[bytes] | None:
+    """The table entries of `ids`, or None if any id is not assigned (negative ids would index from the end)."""
+    try:
+        pieces = [table[token_id] for token_id in ids]
+    except IndexError:
+        return None
+    return None if None in pieces or min(ids, default=0) < 0 else pieces
+
+
 def token_bytes(tokenizer, ids: Sequence[int]) -> list[bytes]:
     """The raw bytes of each token in `ids` (len(ids) entries), from the tokenizer's own pieces: a token that
     is part of a multi-byte UTF-8 character still has its bytes. Raises ValueError for an id the tokenizer
     does not assign (negative, or beyond its vocabulary)."""
     table = tokenizer_bytes(tokenizer).table
-    try:
-        pieces = [table[token_id] for token_id in ids]
-    except IndexError:
-        pieces = [None]
-    if None in pieces or min(ids, default=0) < 0:
+    pieces = _look_up(table, ids)
+    if pieces is None:
         unknown = [token_id for token_id in ids if not 0 <= token_id < len(table) or table[token_id] is None]
         raise ValueError(f"token ids {unknown[:8]} are not in the tokenizer's vocabulary of {len(table)} ids")
     return pieces
@@ -140,8 +148,15 @@ def token_text(tokenizer, ids: Sequence[int]) -> str:
     with bytes that are not valid UTF-8 (a token cut inside a character) kept as surrogate escapes, which
     the reward encodes back to the same bytes. Unlike `decode()` it never drops the leading space of a
     SentencePiece `▁` token, never merges bytes into U+FFFD, and keeps special tokens.
-    Such text holds lone surrogates: write it with json.dumps (ASCII escapes) or errors="surrogateescape"."""
-    return b"".join(token_bytes(tokenizer, ids)).decode("utf-8", errors="surrogateescape")
+    Such text holds lone surrogates: write it with json.dumps (ASCII escapes) or errors="surrogateescape".
+    Model output must never raise, so ids the tokenizer does not assign (a model's padded vocabulary rows,
+    e.g. Qwen2's 152,064 embedding rows against 151,665 tokenizer ids) contribute no bytes."""
+    table = tokenizer_bytes(tokenizer).table
+    pieces = _look_up(table, ids)
+    if pieces is None:
+        pieces = [table[token_id] if 0 <= token_id < len(table) and table[token_id] is not None else b""
+                  for token_id in ids]
+    return b"".join(pieces).decode("utf-8", errors="surrogateescape")
 
 
 def first_token_id(tokenizer, text: str | None) -> int | None:
@@ -150,9 +165,12 @@ def first_token_id(tokenizer, text: str | None) -> int | None:
 
     SentencePiece-style tokenizers prepend a `▁` to the start of an input (the "dummy prefix"), which would
     turn `ing` into [`▁`, `ing`]; their text goes straight to the BPE model with spaces replaced by the
-    marker, skipping normalizer and pre-tokenizer. Byte-level tokenizers encode the text as given."""
+    marker, skipping normalizer and pre-tokenizer. Byte-level tokenizers encode the text as given.
+    Bytes that are not valid UTF-8 (surrogate escapes from `token_text`) cannot be tokenized as text: they
+    are read as U+FFFD, so such a prediction does not start with the true token unless it did before them."""
     if not text:
         return None
+    text = encode_utf8(text).decode("utf-8", errors="replace")  # the tokenizers take valid text only
     info = tokenizer_bytes(tokenizer)
     if info.style == "sentencepiece":
         pieces = info.backend.model.tokenize(text.replace(" ", info.space_marker))

@@ -107,8 +107,9 @@ RESPONSE = st.lists(st.sampled_from(["</think>", "\\boxed{", "}", "{", "\\", " a
 
 @settings(max_examples=500, deadline=None)
 @given(st.lists(RESPONSE, min_size=2, max_size=2), st.lists(st.binary(min_size=1, max_size=4), max_size=4),
-       st.sampled_from(["boxed", "raw"]))
-def test_never_raises_on_any_response(responses, continuation, extraction):
-    rewards, diagnostics = compute_rewards(responses, [continuation] * 2, extraction=extraction, group_size=2)
+       st.sampled_from(["boxed", "raw"]), st.sampled_from(["prefix_match", "first_token"]))
+def test_never_raises_on_any_response(qwen2_tokenizer, responses, continuation, extraction, kind):
+    rewards, diagnostics = compute_rewards(responses, [continuation] * 2, kind=kind, extraction=extraction,
+                                           group_size=2, target_token_ids=[220, 220], tokenizer=qwen2_tokenizer)
     assert set(rewards.tolist()) <= {0.0, 1.0}
     assert (diagnostics["matched_tokens"] <= len(continuation)).all()

@@ -1,5 +1,8 @@
-r"""extract_prediction: hand cases for every rule in rpt/reward/extract.py, and agreement with a
-character-by-character reference scanner on generated adversarial strings."""
+r"""extract_prediction: hand cases for every rule in rpt/reward/extract.py, agreement with a
+character-by-character reference scanner on generated adversarial strings, and the measured share of real
+OmniMATH tokens that survive being written in a box."""
+import json
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,18 +19,14 @@ def reference_extract(text: str) -> str | None:
     if not boxes:
         return None
     start = boxes[-1] + len("\\boxed{")
-    depth, i = 1, start
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2  # a backslash and the next character are one unit
-            continue
+    depth = 1
+    for i in range(start, len(text)):
         if text[i] == "{":
             depth += 1
         elif text[i] == "}":
             depth -= 1
             if depth == 0:
                 return text[start:i]
-        i += 1
     return None
 
 
@@ -64,11 +63,12 @@ def test_last_box_unclosed_gives_none_even_after_a_closed_one():
     assert extract_prediction(r"</think>\boxed{\frac{a}{b}") is None
 
 
-def test_escaped_braces_do_not_count():
-    assert extract_prediction(r"</think>\boxed{\{}") == r"\{"
-    assert extract_prediction(r"</think>\boxed{\}}") == r"\}"
-    assert extract_prediction(r"</think>\boxed{a\}") is None  # the only `}` is escaped
-    assert extract_prediction(r"</think>\boxed{\\}") == "\\\\"  # `\\` is one unit, then `}` closes
+def test_backslash_is_an_ordinary_character():
+    assert extract_prediction(r"</think>\boxed{ \}") == " \\"  # the token ' \' before a LaTeX command
+    assert extract_prediction(r"</think>\boxed{=\}") == "=\\"
+    assert extract_prediction(r"</think>\boxed{\}}") == "\\"  # the first `}` closes; a stray one follows
+    assert extract_prediction(r"</think>\boxed{\{}") is None  # `{` opens whatever precedes it
+    assert extract_prediction(r"</think>\boxed{\\}") == "\\\\"
 
 
 def test_nested_box_yields_the_inner_one():
@@ -79,7 +79,7 @@ def test_empty_box_is_an_empty_prediction():
     assert extract_prediction(r"</think>\boxed{}") == ""
 
 
-FRAGMENTS = ["</think>", "\\boxed{", "{", "}", "\\", "\\{", "\\}", "\\\\", "a", " ", "\n", "日", "</think",
+FRAGMENTS = ["</think>", "\\boxed{", "{", "}", "\\", "\\{", "\\}", "\\\\", "=\\", "a", " ", "\n", "日", "</think",
              "boxed{", "\\frac{", "🦜"]
 
 
@@ -97,3 +97,13 @@ ANY_CHARACTER = st.characters(exclude_categories=()) | st.characters(categories=
 @given(st.text(ANY_CHARACTER, max_size=200))
 def test_never_raises_on_any_text(text):
     assert extract_prediction(text) == reference_extract(text)
+
+
+def test_most_real_tokens_survive_a_box(qwen2_tokenizer, omni_math_path):
+    """The reason backslashes are ordinary characters: tokens such as ' \\' and '=\\' come back exactly."""
+    solutions = [json.loads(line)["solution"] for line in open(omni_math_path)][:100]
+    tokens = [qwen2_tokenizer.decode([token_id]) for solution in solutions
+              for token_id in qwen2_tokenizer.encode(solution, add_special_tokens=False)]
+    survived = sum(extract_prediction("</think>\\boxed{" + token + "}") == token for token in tokens)
+    assert " \\" in tokens and "=\\" in tokens
+    assert survived / len(tokens) > 0.88  # 92.2% here; 83.7% if \{, \} were read as TeX escapes

@@ -94,6 +94,8 @@ def test_token_text_keeps_the_leading_space_and_partial_bytes(stories_tokenizer,
     assert stories_tokenizer.decode([265]) == "the"  # decode() loses the space the token stands for
     assert token_text(stories_tokenizer, [265]) == " the"
     assert token_text(qwen2_tokenizer, [18137]) == " \udce9"  # b" \xe9": half of 龘, kept as an escape
+    # generated ids beyond the tokenizer (padded embedding rows) add nothing instead of raising
+    assert token_text(qwen2_tokenizer, [9707, 152000, 1879, -1]) == "Hello world"
 
 
 def test_first_token_id_reads_text_as_mid_document(stories_tokenizer, qwen2_tokenizer):
@@ -103,3 +105,7 @@ def test_first_token_id_reads_text_as_mid_document(stories_tokenizer, qwen2_toke
     assert first_token_id(qwen2_tokenizer, " world peace") == 1879
     assert first_token_id(qwen2_tokenizer, "") is None
     assert first_token_id(qwen2_tokenizer, None) is None
+    # stray bytes (token_text of a cut character) are read as U+FFFD rather than raising
+    replacement = qwen2_tokenizer.encode(" \ufffd", add_special_tokens=False)[0]
+    assert first_token_id(qwen2_tokenizer, " \udce9\udcbe") == replacement
+    assert first_token_id(stories_tokenizer, "\udce9") == first_token_id(stories_tokenizer, "\ufffd")
