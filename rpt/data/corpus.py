@@ -1,0 +1,236 @@
+"""Documents from a text corpus, streamed in a fixed order, and the next-token-reasoning samples cut from
+their token ids (PAPER.md 1 and 3).
+
+Formats, chosen by file extension:
+- `.jsonl`: one JSON object per line; the chosen text fields (OmniMATH: `problem`, `solution`) are joined
+  with a blank line.
+- `.parquet`: one row per document, same fields; read batch by batch with pyarrow.
+- `.txt`: documents separated by a line holding only `<|endoftext|>` (the TinyStories / GPT-2 dump
+  convention); a file without a separator is one document.
+A directory stands for its files with these extensions, sorted by name. Nothing is held in memory beyond the
+current record, so a corpus larger than memory streams.
+
+Bad records are skipped, never silently: each is counted by kind and remembered with its `file:line`
+(parquet: `file:row`, 1-based) in a `BadRecordReport`; `check()` turns too many of them into an error.
+Exact duplicates of an earlier document's text are skipped too and reported under their own kind, so that
+the held-out split cannot leak into training (OmniMATH-Rule has 5 duplicated rows); they do not count as bad.
+
+Deviation from the paper: none in substance; the paper does not say how problem and solution are joined.
+"""
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow.parquet as pq
+
+from rpt.data.sample import Sample
+
+CORPUS_SUFFIXES = (".jsonl", ".parquet", ".txt")
+TXT_DOC_SEPARATOR = "<|endoftext|>"
+# Kinds of skipped records; the last one is not an error (see module docstring).
+BAD_KINDS = ("invalid_utf8", "invalid_json", "not_an_object", "missing_field", "field_not_text", "empty_text",
+             "oversize")
+DUPLICATE_KIND = "duplicate"
+
+
+@dataclass
+class Document:
+    doc_id: int  # index among the kept documents, in corpus order
+    text: str
+    source: str  # "file:line" of the record it came from
+
+
+@dataclass
+class BadRecordReport:
+    """What was skipped while reading a corpus: counts by kind and every record's `file:line`."""
+
+    records_read: int = 0
+    counts: Counter = field(default_factory=Counter)
+    entries: list[tuple[str, str, str]] = field(default_factory=list)  # (file:line, kind, detail)
+
+    def add(self, source: str, kind: str, detail: str = "") -> None:
+        self.counts[kind] += 1
+        self.entries.append((source, kind, detail))
+
+    @property
+    def num_bad(self) -> int:
+        return sum(n for kind, n in self.counts.items() if kind != DUPLICATE_KIND)
+
+    def format(self, max_lines: int = 200) -> str:
+        """A readable report: one line per kind, then one line per skipped record (up to max_lines)."""
+        lines = [f"read {self.records_read} records, skipped {self.num_bad} bad and "
+                 f"{self.counts[DUPLICATE_KIND]} duplicate"]
+        lines += [f"  {kind}: {n}" for kind, n in sorted(self.counts.items())]
+        lines += [f"  {source}: {kind}{' (' + detail + ')' if detail else ''}"
+                  for source, kind, detail in self.entries[:max_lines]]
+        if len(self.entries) > max_lines:
+            lines.append(f"  ... and {len(self.entries) - max_lines} more")
+        return "\n".join(lines)
+
+    def check(self, max_bad_fraction: float) -> None:
+        """Raise if more than max_bad_fraction of the records read were bad (duplicates excluded)."""
+        if self.records_read and self.num_bad > max_bad_fraction * self.records_read:
+            raise ValueError(f"{self.num_bad} of {self.records_read} records are bad, more than the allowed "
+                             f"fraction {max_bad_fraction}:\n{self.format()}")
+
+    def to_dict(self) -> dict:
+        return {"records_read": self.records_read, "counts": dict(sorted(self.counts.items())),
+                "entries": [list(entry) for entry in self.entries]}
+
+
+def list_corpus_files(paths: list[str | Path]) -> list[Path]:
+    """Expand directories into their corpus files (sorted by name); keep the order of the given paths."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix in CORPUS_SUFFIXES)
+        elif path.suffix in CORPUS_SUFFIXES:
+            if not path.is_file():
+                raise FileNotFoundError(f"corpus file not found: {path}")
+            files.append(path)
+        else:
+            raise ValueError(f"unknown corpus format '{path.suffix}' for {path} (expected one of {CORPUS_SUFFIXES})")
+    if not files:
+        raise ValueError(f"no corpus files in {paths}")
+    return files
+
+
+def read_documents(paths: list[str | Path], fields: tuple[str, ...] = ("problem", "solution"),
+                   max_record_bytes: int = 1 << 20, report: BadRecordReport | None = None,
+                   drop_duplicates: bool = True, txt_separator: str = TXT_DOC_SEPARATOR) -> Iterator[Document]:
+    """Stream the corpus's good documents in a deterministic order (files as given, records in file order).
+
+    fields: the jsonl/parquet fields whose text is joined with a blank line (ignored for .txt).
+    max_record_bytes: a record larger than this (UTF-8 bytes) is skipped as `oversize`, read in pieces.
+    report: receives every skipped record; pass one in to read it afterwards.
+    """
+    report = report if report is not None else BadRecordReport()
+    seen_hashes: set[bytes] = set()
+    doc_id = 0
+    for path in list_corpus_files(paths):
+        readers = {".jsonl": _read_jsonl, ".parquet": _read_parquet, ".txt": _read_txt}
+        records = readers[path.suffix](path, fields, max_record_bytes, txt_separator)
+        for source, text, kind, detail in records:
+            report.records_read += 1
+            if kind is None and not text.strip():
+                kind = "empty_text"
+            if kind is not None:
+                report.add(source, kind, detail)
+                continue
+            digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+            if drop_duplicates and digest in seen_hashes:
+                report.add(source, DUPLICATE_KIND)
+                continue
+            seen_hashes.add(digest)
+            yield Document(doc_id, text, source)
+            doc_id += 1
+
+
+# Each reader yields (source, text, bad_kind, detail); bad_kind is None for a good record.
+RecordTuple = tuple[str, str, str | None, str]
+
+
+def _join_fields(record, fields: tuple[str, ...]) -> tuple[str, str | None, str]:
+    if not isinstance(record, dict):
+        return "", "not_an_object", type(record).__name__
+    missing = [name for name in fields if name not in record]
+    if missing:
+        return "", "missing_field", ",".join(missing)
+    not_text = [name for name in fields if not isinstance(record[name], str)]
+    if not_text:
+        return "", "field_not_text", ",".join(not_text)
+    return "\n\n".join(record[name] for name in fields), None, ""
+
+
+def _read_jsonl(path: Path, fields, max_record_bytes: int, separator: str) -> Iterator[RecordTuple]:
+    with open(path, "rb") as file:
+        line_number = 0
+        while True:
+            line = file.readline(max_record_bytes + 2)
+            if not line:
+                return
+            line_number += 1
+            source = f"{path}:{line_number}"
+            if len(line.rstrip(b"\n")) > max_record_bytes:
+                while line and not line.endswith(b"\n"):  # skip the rest of the oversize line unread
+                    line = file.readline(1 << 20)
+                yield source, "", "oversize", f"> {max_record_bytes} bytes"
+                continue
+            if not line.strip():
+                continue  # blank lines between records are not records
+            try:
+                decoded = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield source, "", "invalid_utf8", f"byte {error.start}"
+                continue
+            try:
+                record = json.loads(decoded)
+            except json.JSONDecodeError as error:
+                yield source, "", "invalid_json", error.msg
+                continue
+            yield (source, *_join_fields(record, fields))
+
+
+def _read_parquet(path: Path, fields, max_record_bytes: int, separator: str) -> Iterator[RecordTuple]:
+    parquet_file = pq.ParquetFile(path)
+    missing = [name for name in fields if name not in parquet_file.schema_arrow.names]
+    row_number = 0
+    for batch in parquet_file.iter_batches(batch_size=1024, columns=[f for f in fields if f not in missing]):
+        for record in batch.to_pylist():
+            row_number += 1
+            source = f"{path}:{row_number}"
+            if missing:
+                yield source, "", "missing_field", ",".join(missing)
+                continue
+            text, kind, detail = _join_fields(record, fields)
+            if kind is None and len(text.encode("utf-8")) > max_record_bytes:
+                kind, detail = "oversize", f"> {max_record_bytes} bytes"
+            yield source, text, kind, detail
+
+
+def _read_txt(path: Path, fields, max_record_bytes: int, separator: str) -> Iterator[RecordTuple]:
+    def finish(start_line: int, pieces: list[bytes], size: int) -> RecordTuple | None:
+        if size > max_record_bytes:
+            return f"{path}:{start_line}", "", "oversize", f"> {max_record_bytes} bytes"
+        raw = b"".join(pieces)
+        if not raw.strip():
+            return None  # nothing between two separators (or after the last one): not a record
+        try:
+            return f"{path}:{start_line}", raw.decode("utf-8").strip("\n"), None, ""
+        except UnicodeDecodeError as error:
+            return f"{path}:{start_line}", "", "invalid_utf8", f"byte {error.start}"
+
+    separator_bytes = separator.encode("utf-8")
+    pieces, size, start_line = [], 0, 1
+    with open(path, "rb") as file:
+        for line_number, line in enumerate(file, start=1):
+            if line.rstrip(b"\r\n") == separator_bytes:
+                record = finish(start_line, pieces, size)
+                if record:
+                    yield record
+                pieces, size, start_line = [], 0, line_number + 1
+                continue
+            if not pieces and not line.strip() and size == 0:
+                start_line = line_number + 1  # a document starts at its first non-blank line
+                continue
+            size += len(line)
+            if size <= max_record_bytes:  # an oversize document is counted, not kept in memory
+                pieces.append(line)
+    record = finish(start_line, pieces, size)
+    if record:
+        yield record
+
+
+def make_sample(token_ids, position: int, max_context: int, continuation_tokens: int, doc_id: int,
+                entropy: float | None = None) -> Sample:
+    """The sample at position t of a document: context x_<t left-truncated to max_context tokens, and the
+    ground-truth continuation x_t .. x_{t+k-1} (shorter at the end of the document)."""
+    if not 0 < position < len(token_ids):
+        raise ValueError(f"position {position} outside (0, {len(token_ids)})")
+    context = token_ids[max(0, position - max_context):position]
+    continuation = token_ids[position:position + continuation_tokens]
+    return Sample(doc_id=doc_id, position=position, context_ids=[int(i) for i in context],
+                  continuation_ids=[int(i) for i in continuation], entropy=entropy)

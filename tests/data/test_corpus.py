@@ -1,0 +1,103 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rpt.data.corpus import BadRecordReport, make_sample, read_documents
+
+
+def write_planted_jsonl(path, oversize_bytes=200):
+    """A jsonl corpus with one bad record of every kind; returns the expected good texts and bad lines."""
+    lines = [
+        json.dumps({"problem": "P1", "solution": "S1"}).encode(),  # 1 good
+        b'{"problem": "P2", "solution": ',  # 2 invalid json
+        json.dumps({"problem": "P3"}).encode(),  # 3 missing field
+        b"",  # 4 blank: not a record
+        json.dumps({"problem": "P5", "solution": None}).encode(),  # 5 field not text
+        json.dumps({"problem": " ", "solution": "\n"}).encode(),  # 6 empty text
+        b'{"problem": "P7 \xff\xfe", "solution": "S7"}',  # 7 invalid utf-8
+        json.dumps({"problem": "x" * oversize_bytes, "solution": "S8"}).encode(),  # 8 oversize
+        json.dumps(["not", "an", "object"]).encode(),  # 9 not an object
+        json.dumps({"problem": "P1", "solution": "S1"}).encode(),  # 10 duplicate of line 1
+        json.dumps({"problem": "Löse $x^2=4$", "solution": "x = ±2 {}"}, ensure_ascii=False).encode(),  # 11 good
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    good = ["P1\n\nS1", "Löse $x^2=4$\n\nx = ±2 {}"]
+    bad = {2: "invalid_json", 3: "missing_field", 5: "field_not_text", 6: "empty_text", 7: "invalid_utf8",
+           8: "oversize", 9: "not_an_object", 10: "duplicate"}
+    return good, bad
+
+
+def test_jsonl_skips_and_reports_every_bad_record(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    good, bad = write_planted_jsonl(path)
+    report = BadRecordReport()
+    documents = list(read_documents([path], max_record_bytes=100, report=report))
+    assert [d.text for d in documents] == good
+    assert [d.doc_id for d in documents] == [0, 1]
+    assert [d.source for d in documents] == [f"{path}:1", f"{path}:11"]
+    assert [(source, kind) for source, kind, _ in report.entries] == [(f"{path}:{n}", k) for n, k in bad.items()]
+    assert report.records_read == 10  # the blank line is not a record
+    assert report.num_bad == 7 and report.counts["duplicate"] == 1
+    text = report.format()
+    for line, kind in bad.items():
+        assert f"{path}:{line}: {kind}" in text
+    report.check(max_bad_fraction=0.7)
+    with pytest.raises(ValueError, match="7 of 10 records are bad"):
+        report.check(max_bad_fraction=0.5)
+
+
+def test_oversize_jsonl_line_is_skipped_without_losing_the_next_record(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    lines = [json.dumps({"problem": "a" * 5000, "solution": "b"}), json.dumps({"problem": "c", "solution": "d"})]
+    path.write_text("\n".join(lines))  # no final newline
+    report = BadRecordReport()
+    assert [d.text for d in read_documents([path], max_record_bytes=64, report=report)] == ["c\n\nd"]
+    assert report.entries[0][:2] == (f"{path}:1", "oversize")
+
+
+def test_txt_documents_split_on_separator(tmp_path):
+    path = tmp_path / "stories.txt"
+    path.write_bytes(b"Once upon a time.\nThe end.\n<|endoftext|>\n\nSecond story.\n<|endoftext|>\n"
+                     b"<|endoftext|>\nbad \xff byte\n<|endoftext|>\n" + b"long " * 40 + b"\n<|endoftext|>\nLast one.")
+    report = BadRecordReport()
+    documents = list(read_documents([path], max_record_bytes=100, report=report))
+    assert [(d.text, d.source) for d in documents] == [("Once upon a time.\nThe end.", f"{path}:1"),
+                                                       ("Second story.", f"{path}:5"),
+                                                       ("Last one.", f"{path}:12")]
+    assert [(source, kind) for source, kind, _ in report.entries] == [(f"{path}:8", "invalid_utf8"),
+                                                                      (f"{path}:10", "oversize")]
+
+
+def test_parquet_rows_and_directory_order(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    pq.write_table(pa.table({"problem": ["p1", None, "p3"], "solution": ["s1", "s2", ""]}), corpus / "b.parquet")
+    pq.write_table(pa.table({"problem": ["q1"]}), corpus / "c.parquet")  # no solution column
+    (corpus / "a.jsonl").write_text(json.dumps({"problem": "j", "solution": "k"}) + "\n")
+    (corpus / "notes.md").write_text("ignored: not a corpus format")
+    report = BadRecordReport()
+    documents = list(read_documents([corpus], report=report))
+    assert [(d.doc_id, d.text, d.source) for d in documents] == [
+        (0, "j\n\nk", f"{corpus}/a.jsonl:1"), (1, "p1\n\ns1", f"{corpus}/b.parquet:1"),
+        (2, "p3\n\n", f"{corpus}/b.parquet:3")]
+    assert [(source, kind) for source, kind, _ in report.entries] == [
+        (f"{corpus}/b.parquet:2", "field_not_text"), (f"{corpus}/c.parquet:1", "missing_field")]
+
+
+def test_fields_choose_the_text(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"problem": "p", "solution": "s", "answer": "a"}) + "\n")
+    assert [d.text for d in read_documents([path], fields=("answer",))] == ["a"]
+
+
+def test_make_sample_truncates_context_on_the_left():
+    ids = list(range(100, 120))
+    sample = make_sample(ids, position=15, max_context=4, continuation_tokens=8, doc_id=3, entropy=1.25)
+    assert sample.context_ids == [111, 112, 113, 114]
+    assert sample.continuation_ids == [115, 116, 117, 118, 119]  # shorter at the document's end
+    assert (sample.doc_id, sample.position, sample.entropy) == (3, 15, 1.25)
+    assert make_sample(ids, 2, 4, 2, 0).context_ids == [100, 101]
+    with pytest.raises(ValueError):
+        make_sample(ids, 20, 4, 2, 0)
