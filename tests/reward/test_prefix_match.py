@@ -128,23 +128,37 @@ def continuation_and_prediction(draw):
     return pieces, prediction
 
 
-@settings(max_examples=4000, deadline=None)
+def adversarial_predictions(pieces: list[bytes]) -> list[bytes]:
+    """Every prefix of the true bytes (each boundary and each point inside a token), each one byte longer,
+    and each with its last byte changed."""
+    concatenated = b"".join(pieces)
+    predictions = []
+    for cut in range(len(concatenated) + 1):
+        predictions += [concatenated[:cut], concatenated[:cut] + b"a", concatenated[:cut] + b"\xe9"]
+        if cut:
+            predictions.append(concatenated[:cut - 1] + bytes([(concatenated[cut - 1] + 1) % 256]))
+    return predictions
+
+
+@settings(max_examples=1500, deadline=None)
 @given(continuation_and_prediction())
 def test_agrees_with_brute_force_on_bytes(case):
     pieces, prediction = case
-    matched, exact = count_matched_tokens(prediction, pieces)
-    assert float(exact) == reference_reward(prediction, pieces)
-    assert matched == reference_matched_tokens(prediction, pieces)
+    for candidate in [prediction, *adversarial_predictions(pieces)]:  # ~50 cases per example on average
+        matched, exact = count_matched_tokens(candidate, pieces)
+        assert float(exact) == reference_reward(candidate, pieces)
+        assert matched == reference_matched_tokens(candidate, pieces)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(continuation_and_prediction())
 def test_agrees_with_brute_force_through_text(case):
     pieces, prediction = case
-    # Any bytes reach the public function as text the way token_text writes them, and come back intact.
-    text = prediction.decode("utf-8", errors="surrogateescape")
-    assert encode_utf8(text) == prediction
-    assert prefix_match_reward(text, pieces) == reference_reward(prediction, pieces)
+    for candidate in [prediction, *adversarial_predictions(pieces)]:
+        # Any bytes reach the public function as text the way token_text writes them, and come back intact.
+        text = candidate.decode("utf-8", errors="surrogateescape")
+        assert encode_utf8(text) == candidate
+        assert prefix_match_reward(text, pieces) == reference_reward(candidate, pieces)
 
 
 ANY_CHARACTER = st.characters(exclude_categories=()) | st.characters(categories=["Cs"])  # lone surrogates too
