@@ -114,7 +114,7 @@ def build_tokenizer_bytes(tokenizer) -> TokenizerBytes:
 
 
 def tokenizer_bytes(tokenizer) -> TokenizerBytes:
-    """The cached `TokenizerBytes` of `tokenizer` (built on first use, ~0.3 s for Qwen2's 151k tokens)."""
+    """The cached `TokenizerBytes` of `tokenizer` (built on first use: 0.16 s for Qwen2's 151,646 ids)."""
     cached = _CACHE.get(id(tokenizer))
     if cached is None:
         cached = (tokenizer, build_tokenizer_bytes(tokenizer))  # holding the tokenizer keeps its id unique
