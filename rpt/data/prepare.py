@@ -85,7 +85,8 @@ def prepare(corpus: str | Path | list, proxy: str | Path, out: str | Path, token
     policy_tokenizer = load_policy_tokenizer(proxy, tokenizer)
     model = load_model(proxy, dtype=dtype, device=device).eval()
     if model.config.vocab_size < len(policy_tokenizer):
-        raise ValueError(f"proxy vocab {model.config.vocab_size} is smaller than the tokenizer's {len(policy_tokenizer)}")
+        raise ValueError(f"proxy vocab {model.config.vocab_size} is smaller than the tokenizer's "
+                         f"{len(policy_tokenizer)}")
     prefix_ids = special_prefix_ids(policy_tokenizer)
     # the proxy scores with the policy's context length, within the positions it was trained for
     window = min(max_context, getattr(model.config, "max_position_embeddings", max_context) - len(prefix_ids))

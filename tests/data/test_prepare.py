@@ -138,3 +138,8 @@ def doc_text_start(source):
     with open(path, "rb") as file:
         record = json.loads(file.read().splitlines()[int(line) - 1])
     return record["problem"][:20]
+
+
+def test_proxy_with_another_vocabulary_is_refused(corpus, stories_dir, shared_data, tmp_path):
+    with pytest.raises(ValueError, match="different vocabularies"):
+        prepare(corpus, stories_dir, tmp_path / "out", tokenizer=shared_data / "tokenizers" / "qwen2", **OPTIONS)

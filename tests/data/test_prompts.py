@@ -65,7 +65,7 @@ def test_raw_without_chat_is_the_context_ids_after_bos(stories_tokenizer, r1_tok
     context_ids = stories_tokenizer.encode("Once upon a time, there was", add_special_tokens=False)
     assert build_prompt_ids(stories_tokenizer, context_ids, "raw", chat=False) == [1] + context_ids
     # exact even where re-tokenizing the decoded text would differ (" a" + "b" split unusually)
-    odd = [r1_tokenizer.encode(" a", add_special_tokens=False)[0], r1_tokenizer.encode("b", add_special_tokens=False)[0]]
+    odd = [r1_tokenizer.encode(text, add_special_tokens=False)[0] for text in (" a", "b")]
     assert build_prompt_ids(r1_tokenizer, odd, "raw", chat=False) == [BOS] + odd
     prefilled = build_prompt_ids(stories_tokenizer, context_ids, "raw", chat=False, response_prefill=" Lily")
     assert prefilled == [1] + context_ids + stories_tokenizer.encode(" Lily", add_special_tokens=False)
