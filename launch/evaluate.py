@@ -1,0 +1,254 @@
+"""Evaluation after (or between) training runs: Table 1, Figure 5 and Figure 6 for your own model
+(PAPER.md section 6). Four subcommands:
+
+accuracy  next-token accuracy on the easy/medium/hard splits of a prepared data directory, standard mode
+          (argmax of one forward pass) and/or next-token reasoning (sampled through the rollout engine,
+          scored with the prefix-matching reward); prints Table 1, writes accuracy.json and the per-sample
+          predictions / responses (jsonl) to --out.
+    python launch/evaluate.py accuracy --model runs/rpt/hf --data runs/tiny_data --mode standard reasoning \\
+        --engine hf --num-samples 8 --pass-k 8 --out runs/eval_rpt
+    torchrun --nproc_per_node=8 launch/evaluate.py accuracy --model DIR --data DIR --mode reasoning \\
+        --engine vllm --out runs/eval_rpt          # each rank its share; the numbers match 1 process
+table     several accuracy.json files as one Table 1 (one row per file and mode)
+    python launch/evaluate.py table runs/eval_base/accuracy.json runs/eval_rpt/accuracy.json
+fit       P(C) = P* - A * C^(-alpha) per split (Figure 5) from a csv/json of points or a training run's
+          TensorBoard events (eval/*_acc against perf/train_compute); prints the parameters and R^2, saves
+          a PNG with one panel per split
+    python launch/evaluate.py fit --run runs/rpt --out runs/rpt/scaling.png
+    python launch/evaluate.py fit --points points.csv --out scaling.png   # csv header: split,compute,accuracy
+patterns  share of responses with each reasoning-pattern group of Table 9 in a jsonl (field "response" by
+          default, a list of texts counts as that many); with two files, side by side with relative change
+    python launch/evaluate.py patterns runs/eval_base/reasoning_responses.jsonl \\
+        runs/eval_rpt/reasoning_responses.jsonl --names R1-Distill RPT --out patterns.json
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+
+def build_engine(kind: str, model, model_path: str, tokenizer, args):
+    """The rollout engine of the reasoning mode: the transformers engine on the loaded model, or vLLM."""
+    if kind == "hf":
+        from rpt.rollout.hf_engine import HFEngine
+
+        return HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    from rpt.rollout.vllm_engine import VLLMEngine
+
+    return VLLMEngine(model_path, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
+                      seed=args.seed, max_model_len=args.max_model_len,
+                      gpu_memory_utilization=args.gpu_memory_utilization,
+                      kv_cache_memory_bytes=args.kv_cache_memory_bytes, enforce_eager=args.enforce_eager,
+                      sleep_level=0)  # evaluation never trains: nothing to make room for
+
+
+def run_accuracy(args) -> None:
+    import torch.distributed as dist
+
+    from rpt.data.samples_io import read_samples
+    from rpt.dist import init_distributed, print0
+    from rpt.eval.accuracy import (data_parallel_layout, evaluate_split, format_accuracy_table,
+                                   reduce_split_results, select_evenly)
+    from rpt.model import load_model, load_tokenizer
+
+    rank, world_size, device = init_distributed()
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    model = None
+    if "standard" in args.mode or args.engine == "hf":  # vLLM loads its own copy of the weights
+        model = load_model(args.model, dtype=args.dtype, device=device)
+        model.eval()
+    engine = build_engine(args.engine, model, args.model, tokenizer, args) if "reasoning" in args.mode else None
+    name = args.name or Path(args.model).resolve().name
+    settings = {key: value for key, value in vars(args).items() if key != "func"}
+    summary = {"name": name, "model": str(args.model), "data": str(args.data), "settings": settings, "results": {}}
+    out_dir = Path(args.out) if args.out else None
+    if out_dir and rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for mode in args.mode:
+        shard, num_shards, counted = data_parallel_layout(engine, mode)
+        results, records = {}, []
+        for split in args.splits:
+            samples = select_evenly(read_samples(args.data, split), args.max_samples)
+            print0(f"{mode} / {split}: {len(samples)} samples over {num_shards} shard(s)")
+            results[split] = evaluate_split(
+                model, tokenizer, engine, samples, mode, rank=shard, world_size=num_shards,
+                batch_size=args.batch_size, template=args.template, chat=args.chat,
+                think_prefill=args.think_prefill, response_prefill=args.response_prefill,
+                extraction=args.extraction, num_samples=args.num_samples, pass_k=tuple(args.pass_k),
+                temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed,
+                show_progress=rank == 0)
+            if counted:
+                records += [{"split": split, **record} for record in results[split].records]
+        summary["results"][mode] = reduce_split_results(results, counted)
+        if out_dir:
+            write_records(out_dir, mode, records, rank, world_size, dist)
+    print0(format_accuracy_table(rows_of_summary(summary), args.splits))
+    if out_dir and rank == 0:
+        (out_dir / "accuracy.json").write_text(json.dumps(summary, indent=2))
+        print0(f"wrote {out_dir / 'accuracy.json'}")
+
+
+def write_records(out_dir: Path, mode: str, records: list[dict], rank: int, world_size: int, dist) -> None:
+    """Per-sample output of every rank, gathered to rank 0: standard_predictions.jsonl (one line per sample)
+    or reasoning_responses.jsonl (one line per response, field "response", for the patterns command)."""
+    if world_size > 1:
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, records)
+        records = [record for rank_records in gathered for record in rank_records]
+    if rank != 0:
+        return
+    records.sort(key=lambda record: (record["split"], record["doc_id"], record["position"]))
+    if mode == "standard":
+        path = out_dir / "standard_predictions.jsonl"
+        lines = [json.dumps(record) for record in records]
+    else:
+        path = out_dir / "reasoning_responses.jsonl"
+        lines = [json.dumps({"split": record["split"], "doc_id": record["doc_id"], "position": record["position"],
+                             "sample_index": index, "response": response, "correct": correct})
+                 for record in records
+                 for index, (response, correct) in enumerate(zip(record["responses"], record["correct"]))]
+    # json.dumps escapes the lone surrogates a response cut inside a UTF-8 character holds (token_text).
+    path.write_text("".join(line + "\n" for line in lines))
+    print(f"wrote {path} ({len(lines)} lines)", flush=True)
+
+
+def rows_of_summary(summary: dict) -> list[tuple[str, str, dict[str, float]]]:
+    """accuracy.json -> Table 1 rows: (mode, name, {split: accuracy}); reasoning Pass@k gets a row of its own."""
+    rows = []
+    for mode, metrics in summary["results"].items():
+        splits = sorted({key.split("/")[0] for key in metrics})
+        rows.append((mode, summary["name"], {split: metrics[f"{split}/{mode}_acc"] for split in splits}))
+        pass_metrics = sorted({key.split("/", 1)[1] for key in metrics if "/reasoning_pass@" in key})
+        for metric in pass_metrics:
+            k = metric.split("@")[1]
+            rows.append((mode, f"{summary['name']} (Pass@{k})",
+                         {split: metrics[f"{split}/{metric}"] for split in splits}))
+    return rows
+
+
+def run_table(args) -> None:
+    from rpt.eval.accuracy import format_accuracy_table
+
+    rows = [row for path in args.files for row in rows_of_summary(json.loads(Path(path).read_text()))]
+    rows.sort(key=lambda row: row[0] != "standard")  # Table 1 lists standard prediction first
+    print(format_accuracy_table(rows, args.splits))
+
+
+def run_fit(args) -> None:
+    from rpt.eval.scaling import fit_power_law, plot_scaling, read_points, read_points_from_run
+
+    series = read_points(args.points) if args.points else read_points_from_run(args.run, args.x)
+    fitted, report = {}, {}
+    print(f"{'series':<24} {'P*':>10} {'A':>12} {'alpha':>8} {'R^2':>8} {'points':>6}")
+    for name, (x, accuracy) in series.items():
+        positive = x > 0  # C^(-alpha) is infinite at zero compute (the eval before the first step)
+        if (~positive).any():
+            print(f"{name}: dropped {int((~positive).sum())} point(s) at x <= 0")
+        x, accuracy = x[positive], accuracy[positive]
+        if len(x) < 3:
+            print(f"{name}: only {len(x)} point(s) with x > 0, no fit")
+            continue
+        fit = fit_power_law(x, accuracy)
+        fitted[name] = (x, accuracy, fit)
+        report[name] = {"p_star": fit.p_star, "a": fit.a, "alpha": fit.alpha, "r_squared": fit.r_squared,
+                        "x": x.tolist(), "accuracy": accuracy.tolist()}
+        print(f"{name:<24} {fit.p_star:>10.4f} {fit.a:>12.4g} {fit.alpha:>8.4f} {fit.r_squared:>8.4f} {len(x):>6}")
+    if not fitted:
+        raise SystemExit("nothing to fit: every series has fewer than 3 points with x > 0")
+    x_label = "training step" if args.run and args.x == "step" else "training compute (FLOPs)"
+    plot_scaling(fitted, args.out, x_label=x_label)
+    print(f"wrote {args.out}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+
+
+def run_patterns(args) -> None:
+    from rpt.eval.patterns import compute_pattern_shares, compute_relative_change, format_pattern_table, read_responses
+
+    names = args.names or [Path(path).stem for path in args.files]
+    if len(names) != len(args.files):
+        raise SystemExit(f"--names needs one name per file ({len(args.files)})")
+    responses = [read_responses(path, args.field) for path in args.files]
+    shares = [compute_pattern_shares(texts) for texts in responses]
+    print(", ".join(f"{name}: {len(texts)} responses" for name, texts in zip(names, responses)))
+    print(format_pattern_table(shares, names))
+    if args.out:
+        report = {name: {"num_responses": len(texts), "shares": share}
+                  for name, texts, share in zip(names, responses, shares)}
+        if len(shares) == 2:
+            report["relative_change_percent"] = compute_relative_change(shares[0], shares[1])
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    accuracy = commands.add_parser("accuracy", help="next-token accuracy by difficulty split (Table 1)")
+    accuracy.add_argument("--model", required=True, help="local HF model directory")
+    accuracy.add_argument("--tokenizer", default="", help="tokenizer directory (default: --model)")
+    accuracy.add_argument("--data", required=True, help="directory written by launch/prepare_data.py")
+    accuracy.add_argument("--splits", nargs="+", default=["easy", "medium", "hard"])
+    accuracy.add_argument("--mode", nargs="+", choices=["standard", "reasoning"], default=["standard"])
+    accuracy.add_argument("--max-samples", type=int, default=0, help="first N samples of each split (0: all)")
+    accuracy.add_argument("--batch-size", type=int, default=16, help="contexts per forward / generate call")
+    accuracy.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    accuracy.add_argument("--name", default="", help="row name in the table (default: the model directory)")
+    accuracy.add_argument("--out", default="", help="directory for accuracy.json and per-sample jsonl")
+    reasoning = accuracy.add_argument_group("reasoning mode (the training config's data/rollout/reward values)")
+    reasoning.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    reasoning.add_argument("--template", default="v0", help="prompt template v0..v6 (Table 10) or raw")
+    reasoning.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True)
+    reasoning.add_argument("--think-prefill", action=argparse.BooleanOptionalAction, default=True)
+    reasoning.add_argument("--response-prefill", default="")
+    reasoning.add_argument("--extraction", choices=["boxed", "raw"], default="boxed")
+    reasoning.add_argument("--num-samples", type=int, default=1, help="responses per context (n)")
+    reasoning.add_argument("--pass-k", type=int, nargs="*", default=[], help="report Pass@k for these k <= n")
+    reasoning.add_argument("--temperature", type=float, default=0.8)
+    reasoning.add_argument("--top-p", type=float, default=1.0)
+    reasoning.add_argument("--max-tokens", type=int, default=8192, help="max response tokens")
+    reasoning.add_argument("--seed", type=int, default=0)
+    reasoning.add_argument("--max-model-len", type=int, default=12288, help="vllm: prompt + response tokens")
+    reasoning.add_argument("--tensor-parallel-size", type=int, default=1)
+    reasoning.add_argument("--gpu-memory-utilization", type=float, default=0.8)
+    reasoning.add_argument("--kv-cache-memory-bytes", type=int, default=0, help="vllm KV cache (needed on CPU)")
+    reasoning.add_argument("--enforce-eager", action="store_true")
+    accuracy.set_defaults(func=run_accuracy)
+
+    table = commands.add_parser("table", help="several accuracy.json files as one Table 1")
+    table.add_argument("files", nargs="+")
+    table.add_argument("--splits", nargs="+", default=["easy", "medium", "hard"])
+    table.set_defaults(func=run_table)
+
+    fit = commands.add_parser("fit", help="power-law fit of accuracy against training compute (Figure 5)")
+    source = fit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--points", help="csv (header split,compute,accuracy) or json list of such objects")
+    source.add_argument("--run", help="training run directory with TensorBoard event files")
+    fit.add_argument("--x", choices=["compute", "step"], default="compute", help="--run: x axis")
+    fit.add_argument("--out", default="scaling.png", help="PNG path")
+    fit.add_argument("--json", default="", help="also write the fitted parameters here")
+    fit.set_defaults(func=run_fit)
+
+    patterns = commands.add_parser("patterns", help="reasoning-pattern shares (Table 9, Figure 6)")
+    patterns.add_argument("files", nargs="+", help="one jsonl, or two to compare (baseline first)")
+    patterns.add_argument("--field", default="response")
+    patterns.add_argument("--names", nargs="+", help="column names (default: file names)")
+    patterns.add_argument("--out", default="", help="write the shares as json here")
+    patterns.set_defaults(func=run_patterns)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "patterns" and len(args.files) > 2:
+        raise SystemExit("patterns takes one file, or two to compare")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

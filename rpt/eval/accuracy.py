@@ -1,0 +1,266 @@
+"""Next-token prediction accuracy by difficulty split (PAPER.md section 6, Table 1; Random@1 / Pass@k of
+Table 8), in two modes:
+
+- standard: one forward pass over the raw context x_<t (no prompt template; the tokenizer's BOS first, as
+  the data pipeline's proxy scored it), argmax at the last position, correct iff it equals x_t;
+- reasoning: the prompt template (+ chat template) around the context, n responses sampled through the
+  rollout engine, the prediction extracted and scored with the prefix-matching reward (Eq. 3). Random@1
+  is the mean reward over all samples (the chance that one random sample is right, Table 8); Pass@k is the
+  unbiased estimator of Chen et al. (2021) from n >= k samples.
+
+Multi-rank: every rank takes a contiguous block of each split, padded to the same length with copies that do
+not count, so every rank runs the same number of forward passes and generate calls (an FSDP model and
+co-located engines need every rank in every collective). In reasoning mode the blocks follow the engine's
+data-parallel rank (a vLLM tensor-parallel group shares one block and only its first rank counts it). The
+sums of correct answers and the counts are all-reduced, so the numbers do not depend on the number of ranks.
+
+Deviations from the paper: the paper evaluates 200 held-out samples; `max_samples` takes that many evenly
+spaced over a split (ordered by document and position, so they spread over the documents), default all.
+Scoring in reasoning mode always uses the prefix-matching reward, whatever reward the policy was trained
+with (Table 1 reports accuracy, not the training reward).
+"""
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from rpt.data.prompts import build_prompt_ids
+from rpt.data.sample import Sample
+from rpt.data.samples_io import read_samples
+from rpt.reward import compute_rewards, token_bytes, token_text
+from rpt.rollout.engine import Completion, Engine, SamplingParams
+
+MODES = ("standard", "reasoning")
+
+
+def shard_evenly(num_items: int, rank: int, world_size: int) -> tuple[list[int], list[bool]]:
+    """This rank's contiguous block of `num_items` items, padded to ceil(num_items / world_size) with copies
+    of item 0 that do not count -> (indices, counts). Equal lengths keep the ranks in lockstep; contiguous
+    blocks let a batch's sampling seed follow the global index of its first item (see `evaluate_split`)."""
+    block = math.ceil(num_items / world_size)
+    share = list(range(min(rank * block, num_items), min((rank + 1) * block, num_items)))
+    return share + [0] * (block - len(share)), [True] * len(share) + [False] * (block - len(share))
+
+
+def select_evenly(samples: list[Sample], max_samples: int) -> list[Sample]:
+    """max_samples samples evenly spaced over the list (all of them when max_samples <= 0 or >= len)."""
+    if max_samples <= 0 or max_samples >= len(samples):
+        return samples
+    return [samples[i * len(samples) // max_samples] for i in range(max_samples)]
+
+
+def compute_pass_at_k(num_correct: np.ndarray, num_samples: int, k: int) -> np.ndarray:
+    """Unbiased pass@k per context from c correct among n samples (Chen et al., 2021):
+    1 - C(n - c, k) / C(n, k). num_correct (S,) ints -> (S,) floats; k = 1 gives c / n (Random@1)."""
+    if not 1 <= k <= num_samples:
+        raise ValueError(f"pass@k needs 1 <= k <= n, got k={k}, n={num_samples}")
+    num_correct = np.asarray(num_correct)
+    return np.array([1.0 - math.comb(num_samples - int(c), k) / math.comb(num_samples, k) for c in num_correct])
+
+
+def compute_reasoning_correct(responses: list[list[str]], continuation_ids: list[list[int]], tokenizer,
+                              extraction: str = "boxed") -> np.ndarray:
+    """Reasoning mode: responses (S lists of n texts) scored with the prefix-matching reward (Eq. 3) against
+    each sample's continuation -> (S, n) bool, True where the reward is 1."""
+    num_samples = len(responses[0]) if responses else 0
+    flat_responses = [text for group in responses for text in group]  # (S*n,)
+    flat_continuation_bytes = [token_bytes(tokenizer, ids) for ids in continuation_ids for _ in range(num_samples)]
+    rewards, _ = compute_rewards(flat_responses, flat_continuation_bytes, kind="prefix_match",
+                                 extraction=extraction, group_size=num_samples)
+    rewards = torch.as_tensor(rewards, dtype=torch.float64).numpy()  # (S*n,)
+    return rewards.reshape(len(responses), num_samples) == 1.0
+
+
+def response_text(tokenizer, completion: Completion, response_prefill: str = "") -> str:
+    """The exact text of a response: `response_prefill` (the text the prompt's assistant turn ended with, for
+    the boxed extraction) + the generated tokens, without the final EOS, read from token bytes (`token_text`) so that a
+    SentencePiece `▁` keeps its space and special tokens such as `</think>` stay in the text."""
+    ids = completion.token_ids
+    if ids and completion.finish_reason == "stop" and ids[-1] == tokenizer.eos_token_id:
+        ids = ids[:-1]
+    return response_prefill + token_text(tokenizer, ids)
+
+
+@torch.no_grad()
+def predict_next_tokens(model, contexts: list[list[int]], pad_id: int, batch_size: int = 16,
+                        show_progress: bool = False) -> torch.Tensor:
+    """Greedy next token after each context: S contexts -> (S,) token ids (on CPU).
+
+    Contexts are sorted by length and left-padded into batches, so the last position of every row is the
+    context's last token; position ids count real tokens only, so padding changes nothing (any position
+    embedding). `logits_to_keep=1` keeps only the last position's logits: never (B, T, V) at once. Works on
+    an FSDP2-wrapped model as long as every rank calls it with the same number of contexts."""
+    if any(len(context) == 0 for context in contexts):
+        raise ValueError("standard-mode accuracy needs a non-empty context for every sample")
+    device = next(model.parameters()).device
+    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+    predictions = torch.empty(len(contexts), dtype=torch.long)
+    for start in tqdm(range(0, len(order), batch_size), desc="standard", disable=not show_progress, leave=False):
+        batch = [contexts[i] for i in order[start:start + batch_size]]
+        length = max(len(context) for context in batch)
+        input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros((len(batch), length), dtype=torch.long)  # (B, T)
+        for row, context in enumerate(batch):
+            input_ids[row, length - len(context):] = torch.tensor(context)
+            attention_mask[row, length - len(context):] = 1
+        position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, T)
+        output = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                       position_ids=position_ids.to(device), logits_to_keep=1, use_cache=False)
+        predictions[order[start:start + batch_size]] = output.logits[:, -1].argmax(dim=-1).cpu()  # (B,)
+    return predictions
+
+
+@dataclass
+class SplitResult:
+    """This rank's counts on one split, before the all-reduce."""
+    num_samples: int = 0  # samples that count on this rank
+    sums: dict[str, float] = field(default_factory=dict)  # metric -> sum over counted samples
+    records: list[dict] = field(default_factory=list)  # one per counted sample: what was predicted
+
+
+def evaluate_split(model, tokenizer, engine: Engine | None, samples: list[Sample], mode: str, *,
+                   rank: int = 0, world_size: int = 1, batch_size: int = 16, template: str = "v0",
+                   chat: bool = True, think_prefill: bool = True, response_prefill: str = "",
+                   extraction: str = "boxed", num_samples: int = 1, pass_k: tuple[int, ...] = (),
+                   temperature: float = 0.8, top_p: float = 1.0, max_tokens: int = 8192, seed: int = 0,
+                   show_progress: bool = False) -> SplitResult:
+    """This rank's share of one split in one mode -> SplitResult (not reduced across ranks).
+
+    standard: needs `model`; sums "standard_acc". reasoning: needs `engine` (awake, with the policy's
+    weights); draws `num_samples` responses per context and sums "reasoning_acc" (Random@1) and
+    "reasoning_pass@k" for each k in `pass_k` (k <= num_samples).
+    """
+    indices, counts = shard_evenly(len(samples), rank, world_size)
+    share = [samples[i] for i in indices]
+    result = SplitResult(num_samples=sum(counts))
+    if mode == "standard":
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        # "raw" without chat: BOS + the context ids exactly (rpt/data/prompts.py), as the proxy scored them.
+        inputs = [build_prompt_ids(tokenizer, s.context_ids, template="raw", chat=False) for s in share]
+        predicted = predict_next_tokens(model, inputs, pad_id, batch_size, show_progress)  # (S,)
+        target = torch.tensor([s.continuation_ids[0] for s in share])  # (S,)
+        correct = (predicted == target).tolist()
+        result.sums["standard_acc"] = float(sum(c for c, counted in zip(correct, counts) if counted))
+        result.records = [
+            {"doc_id": s.doc_id, "position": s.position, "target_id": s.continuation_ids[0],
+             "predicted_id": int(p), "correct": bool(c)}
+            for s, p, c, counted in zip(share, predicted.tolist(), correct, counts) if counted
+        ]
+        return result
+    if mode != "reasoning":
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if any(k > num_samples for k in pass_k):
+        raise ValueError(f"pass@k needs k <= num_samples={num_samples}, got {pass_k}")
+    responses: list[list[str]] = []  # (S, n)
+    # The boxed reward reads prefill + generated text (the prefill opens the answer); raw reads the generated
+    # text alone (rpt/reward/batch.py).
+    prefill = response_prefill if extraction == "boxed" else ""
+    for start in tqdm(range(0, len(share), batch_size), desc="reasoning", disable=not show_progress, leave=False):
+        batch = share[start:start + batch_size]
+        prompts = [build_prompt_ids(tokenizer, s.context_ids, template=template, chat=chat,
+                                    think_prefill=think_prefill, response_prefill=response_prefill)
+                   for s in batch]
+        # Engines seed prompt i of a call with params.seed + i * n (rpt/rollout/vllm_engine.py); offsetting by
+        # the global index of the batch's first sample gives every sample the same seed however the split is
+        # cut into ranks and batches.
+        params = SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                seed=seed + (indices[0] + start) * num_samples)
+        for group in engine.generate(prompts, params):
+            responses.append([response_text(tokenizer, completion, prefill) for completion in group])
+    correct = compute_reasoning_correct(responses, [s.continuation_ids for s in share], tokenizer,
+                                        extraction)  # (S, n)
+    counted = np.array(counts, dtype=bool)  # (S,)
+    num_correct = correct.sum(axis=1)  # (S,)
+    result.sums["reasoning_acc"] = float(compute_pass_at_k(num_correct, num_samples, 1)[counted].sum())
+    for k in pass_k:
+        result.sums[f"reasoning_pass@{k}"] = float(compute_pass_at_k(num_correct, num_samples, k)[counted].sum())
+    result.records = [
+        {"doc_id": s.doc_id, "position": s.position, "continuation_ids": s.continuation_ids,
+         "responses": group, "correct": row.tolist()}
+        for s, group, row, is_counted in zip(share, responses, correct, counts) if is_counted
+    ]
+    return result
+
+
+def data_parallel_layout(engine: Engine | None, mode: str) -> tuple[int, int, bool]:
+    """-> (shard index, number of shards, whether this rank's counts are summed).
+
+    Standard mode, or an engine without tensor parallelism: one shard per rank. Reasoning with a vLLM engine
+    at tensor_parallel_size > 1: one shard per tensor-parallel group (`engine.data_parallel_rank` /
+    `data_parallel_size`), whose ranks generate the same completions; only the group's first rank counts."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    if mode != "reasoning" or not hasattr(engine, "data_parallel_size"):
+        return rank, world_size, True
+    group_size = world_size // engine.data_parallel_size
+    return engine.data_parallel_rank, engine.data_parallel_size, rank % group_size == 0
+
+
+def reduce_split_results(results: dict[str, SplitResult], counted: bool = True) -> dict[str, float]:
+    """Sum every split's counts over ranks (one all-reduce) -> {"<split>/<metric>": accuracy,
+    "<split>/num_samples": count}. Every rank must pass the same splits and metrics; a rank with
+    counted=False adds zeros (a tensor-parallel peer holding a copy of another rank's counts)."""
+    keys = [(split, metric) for split, result in results.items() for metric in sorted(result.sums)]
+    totals = torch.tensor([results[split].sums[metric] for split, metric in keys]
+                          + [results[split].num_samples for split in results], dtype=torch.float64)
+    totals = totals if counted else torch.zeros_like(totals)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        totals = totals.to(device)
+        dist.all_reduce(totals)  # sums of correct answers and of counts: exact, rank-count independent
+        totals = totals.cpu()
+    sums, num_samples = totals[:len(keys)].tolist(), totals[len(keys):].tolist()
+    split_counts = dict(zip(results, num_samples))
+    metrics = {f"{split}/{metric}": value / split_counts[split] if split_counts[split] else 0.0
+               for (split, metric), value in zip(keys, sums)}
+    metrics.update({f"{split}/num_samples": float(count) for split, count in split_counts.items()})
+    return metrics
+
+
+def evaluate(model, tokenizer, engine: Engine | None, data_dir, splits=("easy", "medium", "hard"),
+             mode: str = "standard", max_samples: int = 0, **split_kwargs) -> dict[str, float]:
+    """Accuracy of every split in one mode, reduced over ranks -> {"easy/standard_acc": 0.41, ...,
+    "easy/num_samples": 200.0}; the trainer logs them under eval/. Every rank must call it.
+
+    model: an HF causal LM (plain, or sharded with FSDP2's fully_shard: a plain forward on every rank), used
+    in standard mode and put back in its train/eval state afterwards; engine: used in reasoning mode.
+    max_samples > 0 takes that many samples evenly spaced over each split. Other keyword arguments go to
+    `evaluate_split` (batch_size, template, num_samples, pass_k, ...)."""
+    shard, num_shards, counted = data_parallel_layout(engine, mode)
+    was_training = model is not None and model.training
+    if model is not None:
+        model.eval()
+    try:
+        results = {}
+        for split in splits:
+            samples = select_evenly(read_samples(data_dir, split), max_samples)
+            if not samples:
+                raise ValueError(f"split {split!r} of {data_dir} has no samples")
+            results[split] = evaluate_split(model, tokenizer, engine, samples, mode, rank=shard,
+                                            world_size=num_shards, **split_kwargs)
+    finally:
+        if model is not None:
+            model.train(was_training)  # the trainer's policy goes back to train mode
+    return reduce_split_results(results, counted)
+
+
+def format_accuracy_table(rows: list[tuple[str, str, dict[str, float]]], splits=("easy", "medium", "hard")) -> str:
+    """Table 1's layout: rows (mode, model name, {split: accuracy in 0..1}) grouped under a header line per
+    mode ("Standard next-token prediction", "Next-token reasoning"), accuracy in percent, 2 decimals."""
+    mode_titles = {"standard": "Standard next-token prediction", "reasoning": "Next-token reasoning"}
+    header = [""] + [split.capitalize() for split in splits]
+    lines: list[list[str]] = []
+    for mode in dict.fromkeys(mode for mode, _, _ in rows):
+        lines.append([mode_titles.get(mode, mode)] + [""] * len(splits))
+        lines += [[name] + [f"{100 * values[split]:.2f}" if split in values else "-" for split in splits]
+                  for row_mode, name, values in rows if row_mode == mode]
+    widths = [max(len(line[i]) for line in [header] + lines) for i in range(len(header))]
+
+    def render(line: list[str]) -> str:
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths)) + " |"
+
+    return "\n".join([render(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [render(line) for line in lines])
