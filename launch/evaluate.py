@@ -20,6 +20,7 @@ patterns  share of responses with each reasoning-pattern group of Table 9 in a j
           default, a list of texts counts as that many); with two files, side by side with relative change
     python launch/evaluate.py patterns runs/eval_base/reasoning_responses.jsonl \\
         runs/eval_rpt/reasoning_responses.jsonl --names R1-Distill RPT --out patterns.json
+    python launch/evaluate.py patterns runs/rpt/samples.jsonl --field responses   # the trainer's dumps
 """
 import argparse
 import json
@@ -171,7 +172,10 @@ def run_patterns(args) -> None:
     names = args.names or [Path(path).stem for path in args.files]
     if len(names) != len(args.files):
         raise SystemExit(f"--names needs one name per file ({len(args.files)})")
-    responses = [read_responses(path, args.field) for path in args.files]
+    fields = args.field * len(args.files) if len(args.field) == 1 else args.field
+    if len(fields) != len(args.files):
+        raise SystemExit(f"--field takes one name, or one per file ({len(args.files)})")
+    responses = [read_responses(path, field) for path, field in zip(args.files, fields)]
     shares = [compute_pattern_shares(texts) for texts in responses]
     print(", ".join(f"{name}: {len(texts)} responses" for name, texts in zip(names, responses)))
     print(format_pattern_table(shares, names))
@@ -236,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     patterns = commands.add_parser("patterns", help="reasoning-pattern shares (Table 9, Figure 6)")
     patterns.add_argument("files", nargs="+", help="one jsonl, or two to compare (baseline first)")
-    patterns.add_argument("--field", default="response")
+    patterns.add_argument("--field", nargs="+", default=["response"],
+                          help="jsonl field holding the response text, or one per file (the trainer's "
+                               "samples.jsonl: responses)")
     patterns.add_argument("--names", nargs="+", help="column names (default: file names)")
     patterns.add_argument("--out", default="", help="write the shares as json here")
     patterns.set_defaults(func=run_patterns)

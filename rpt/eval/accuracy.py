@@ -38,8 +38,7 @@ MODES = ("standard", "reasoning")
 
 def shard_evenly(num_items: int, rank: int, world_size: int) -> tuple[list[int], list[bool]]:
     """This rank's contiguous block of `num_items` items, padded to ceil(num_items / world_size) with copies
-    of item 0 that do not count -> (indices, counts). Equal lengths keep the ranks in lockstep; contiguous
-    blocks let a batch's sampling seed follow the global index of its first item (see `evaluate_split`)."""
+    of item 0 that do not count -> (indices, counts). Equal lengths keep the ranks in lockstep."""
     block = math.ceil(num_items / world_size)
     share = list(range(min(rank * block, num_items), min((rank + 1) * block, num_items)))
     return share + [0] * (block - len(share)), [True] * len(share) + [False] * (block - len(share))
@@ -50,6 +49,12 @@ def select_evenly(samples: list[Sample], max_samples: int) -> list[Sample]:
     if max_samples <= 0 or max_samples >= len(samples):
         return samples
     return [samples[i * len(samples) // max_samples] for i in range(max_samples)]
+
+
+def sample_seed(seed: int, sample: Sample) -> int:
+    """A 32-bit generation seed fixed by (seed, document, position): independent of rank, batch and of which
+    samples `max_samples` selected; SeedSequence keeps the streams of nearby samples unrelated."""
+    return int(np.random.SeedSequence([seed, sample.doc_id, sample.position]).generate_state(1)[0])
 
 
 def compute_pass_at_k(num_correct: np.ndarray, num_samples: int, k: int) -> np.ndarray:
@@ -154,6 +159,7 @@ def evaluate_split(model, tokenizer, engine: Engine | None, samples: list[Sample
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if any(k > num_samples for k in pass_k):
         raise ValueError(f"pass@k needs k <= num_samples={num_samples}, got {pass_k}")
+    params = SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     responses: list[list[str]] = []  # (S, n)
     # The boxed reward reads prefill + generated text (the prefill opens the answer); raw reads the generated
     # text alone (rpt/reward/batch.py).
@@ -163,12 +169,9 @@ def evaluate_split(model, tokenizer, engine: Engine | None, samples: list[Sample
         prompts = [build_prompt_ids(tokenizer, s.context_ids, template=template, chat=chat,
                                     think_prefill=think_prefill, response_prefill=response_prefill)
                    for s in batch]
-        # Engines seed prompt i of a call with params.seed + i * n (rpt/rollout/vllm_engine.py); offsetting by
-        # the global index of the batch's first sample gives every sample the same seed however the split is
-        # cut into ranks and batches.
-        params = SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                                seed=seed + (indices[0] + start) * num_samples)
-        for group in engine.generate(prompts, params):
+        # Seeds from each sample's identity: the same completions whichever rank or batch a sample lands in.
+        seeds = [sample_seed(seed, s) for s in batch]
+        for group in engine.generate(prompts, params, seeds=seeds):
             responses.append([response_text(tokenizer, completion, prefill) for completion in group])
     correct = compute_reasoning_correct(responses, [s.continuation_ids for s in share], tokenizer,
                                         extraction)  # (S, n)

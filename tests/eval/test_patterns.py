@@ -63,3 +63,28 @@ def test_read_responses_flattens_lists_and_names_bad_lines(tmp_path):
     path.write_text(json.dumps({"response": "a"}) + "\n" + json.dumps({"text": "b"}) + "\n")
     with pytest.raises(KeyError, match=r"r.jsonl:2 has no field 'response'"):
         read_responses(path)
+
+
+def test_patterns_cli_compares_two_runs(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("evaluate_cli", Path(__file__).parents[2] / "launch" / "evaluate.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    # an eval run's reasoning_responses.jsonl: one "response" per line
+    (tmp_path / "base.jsonl").write_text("".join(json.dumps({"response": text}) + "\n"
+                                                 for text in ["probably", "wait", "x", "y"]))
+    # the trainer's samples.jsonl: a list of G "responses" per line
+    (tmp_path / "rpt.jsonl").write_text(json.dumps({"responses": ["probably", "Probably.", "neither", "wait"]}) + "\n")
+    cli.main(["patterns", str(tmp_path / "base.jsonl"), str(tmp_path / "rpt.jsonl"), "--field", "response",
+              "responses", "--names", "base", "rpt", "--out", str(tmp_path / "p.json")])
+    printed = capsys.readouterr().out
+    assert "base: 4 responses, rpt: 4 responses" in printed
+    assert "hypothesis         | 25.0% | 50.0% | +100.0%" in printed
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["rpt"]["shares"]["hypothesis"] == 0.5
+    assert report["relative_change_percent"]["hypothesis"] == pytest.approx(100.0)
+    assert report["relative_change_percent"]["deduction"] is None
+    with pytest.raises(KeyError, match="has no field 'response'"):  # one field for both files
+        cli.main(["patterns", str(tmp_path / "base.jsonl"), str(tmp_path / "rpt.jsonl")])

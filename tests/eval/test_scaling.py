@@ -93,3 +93,38 @@ def test_read_points_from_tensorboard_run(tmp_path):
     np.testing.assert_allclose(by_compute["easy/standard_acc"][1], [0.0, 0.2, 0.4, 0.6], atol=1e-6)
     by_step = read_points_from_run(tmp_path, x_axis="step")
     np.testing.assert_allclose(by_step["easy/standard_acc"][0], [0, 2, 4, 6])
+
+
+def test_fit_cli_from_points_and_from_run(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    spec = importlib.util.spec_from_file_location("evaluate_cli", Path(__file__).parents[2] / "launch" / "evaluate.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+
+    accuracy = 0.5 - 3e4 * COMPUTE ** (-0.25)
+    rows = "".join(f"easy,{c},{a}\n" for c, a in zip(COMPUTE, accuracy))
+    (tmp_path / "points.csv").write_text("split,compute,accuracy\n" + rows + "hard,0,0.1\nhard,1e20,0.2\n")
+    cli.main(["fit", "--points", str(tmp_path / "points.csv"), "--out", str(tmp_path / "fit.png"),
+              "--json", str(tmp_path / "fit.json")])
+    printed = capsys.readouterr().out
+    assert "hard: dropped 1 point(s) at x <= 0" in printed and "hard: only 1 point(s)" in printed
+    report = json.loads((tmp_path / "fit.json").read_text())
+    assert list(report) == ["easy"]
+    assert report["easy"]["p_star"] == pytest.approx(0.5, rel=1e-4) and report["easy"]["r_squared"] > 0.999
+    assert (tmp_path / "fit.png").stat().st_size > 10_000
+
+    writer = SummaryWriter(str(tmp_path / "run"))
+    for step, (compute, value) in enumerate(zip(COMPUTE, accuracy), start=1):
+        writer.add_scalar("perf/train_compute", compute, step)
+        writer.add_scalar("eval/hard/standard_acc", value, step)
+    writer.close()
+    cli.main(["fit", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "run.png"),
+              "--json", str(tmp_path / "run.json")])
+    report = json.loads((tmp_path / "run.json").read_text())
+    # TensorBoard stores float32 scalars: parameters agree to float32 precision.
+    assert report["hard/standard_acc"]["alpha"] == pytest.approx(0.25, rel=1e-2)
+    assert report["hard/standard_acc"]["r_squared"] > 0.9999
