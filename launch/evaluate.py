@@ -38,7 +38,7 @@ def build_engine(kind: str, model, model_path: str, tokenizer, args):
         return HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     from rpt.rollout.vllm_engine import VLLMEngine
 
-    return VLLMEngine(model_path, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
+    return VLLMEngine(model_path, tokenizer.eos_token_id, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
                       seed=args.seed, max_model_len=args.max_model_len,
                       gpu_memory_utilization=args.gpu_memory_utilization,
                       kv_cache_memory_bytes=args.kv_cache_memory_bytes, enforce_eager=args.enforce_eager,
