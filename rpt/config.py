@@ -60,7 +60,7 @@ class RolloutConfig:
 class RewardConfig:
     kind: Literal["prefix_match", "first_token", "dense", "conditional_dense"] = "prefix_match"
     extraction: Literal["boxed", "raw"] = "boxed"  # raw: the generated text itself is the prediction
-    penalty: float = 0.0  # conditional_dense: reward of groups with no correct sample
+    penalty: float = 0.0  # conditional_dense: groups with no correct sample get -penalty (Appendix A)
 
 
 @dataclass

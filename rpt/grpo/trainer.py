@@ -419,5 +419,5 @@ def dump_samples(out_dir: Path, step: int, groups: list[Group], rewards: torch.T
                 "prompt": tokenizer.decode(group.prompt_ids),
                 "continuation": tokenizer.decode(group.sample.continuation_ids),
                 "responses": group.responses, "rewards": group_rewards.tolist(),
-            }, ensure_ascii=False) + "\n")
+            }) + "\n")  # ASCII escapes: a response cut inside a UTF-8 character holds lone surrogates
 
