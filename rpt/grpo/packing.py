@@ -13,6 +13,15 @@ the config default (use_cache=True, also in train mode) creates a cache and pack
 attend to each other (measured: logit error 0.47 on a tiny Qwen2). tests/grpo/test_packing.py checks that a
 packed row gives each sequence's log-probs as if it ran alone.
 
+Rows: with `row_capacity=None` a micro-batch is one packed row (padding-free, right for flash_attention_2,
+whose cost is linear in the packed length). sdpa and eager attention on CPU (and without flash-attn) build an
+L x L mask for a packed row, so one row of L = 4,096 costs O(L^2): measured 17x slower forward+backward than
+the same 32 sequences of 128 tokens as 32 rows (stories260K, CPU). `row_capacity=0` (or any int) splits a
+micro-batch into rows of at most max(row_capacity, its longest sequence) positions, first-fit by length, and
+right-pads the rows to the longest row. Right padding needs no attention mask: a causal model never lets a
+real token attend to a later position, and padded positions carry no loss. Padding continues the last
+sequence's positions, so it does not open a new packed sequence.
+
 Bin packing: longest-first, each sequence into the currently lightest micro-batch, with as few micro-batches
 as fit the budget (at least `min_micro_batches`). Under FSDP every rank must run the same number of forward
 passes (each one all-gathers parameters), so the trainer packs, all-reduces the MAX micro-batch count over
@@ -31,23 +40,23 @@ import torch
 class MicroBatch:
     """One packed row holding several sequences. L = sum over its sequences of (prompt + response - 1)."""
 
-    input_ids: torch.Tensor  # (1, L) long
-    position_ids: torch.Tensor  # (1, L) long, restarting at 0 for every sequence
-    targets: torch.Tensor  # (1, L) long, the next token of the same sequence
-    loss_mask: torch.Tensor  # (1, L) bool, True where the target is a response token
-    response_lengths: torch.Tensor  # (1, L) float, response tokens of the sequence each position belongs to
-    seq_index: torch.Tensor  # (1, L) long, index in the step's list of the sequence each position belongs to
-    sequence_indices: list[int]  # the step's sequences in this micro-batch, in packing order
+    input_ids: torch.Tensor  # (R, L) long; R = 1 row unless built with row_capacity
+    position_ids: torch.Tensor  # (R, L) long, restarting at 0 for every sequence
+    targets: torch.Tensor  # (R, L) long, the next token of the same sequence
+    loss_mask: torch.Tensor  # (R, L) bool, True where the target is a response token
+    response_lengths: torch.Tensor  # (R, L) float, response tokens of the sequence each position belongs to
+    seq_index: torch.Tensor  # (R, L) long, index in the step's list of the sequence each position belongs to
+    sequence_indices: list[int]  # the step's sequences in this micro-batch, in row-major packing order
 
     def expand_sequence_values(self, values: torch.Tensor) -> torch.Tensor:
-        """values: (num_sequences,) one number per sequence of the step (e.g. advantages) -> (1, L) per position."""
-        return values[self.seq_index.to(values.device)]  # (1, L)
+        """values: (num_sequences,) one number per sequence of the step (e.g. advantages) -> (R, L) per position."""
+        return values[self.seq_index.to(values.device)]  # (R, L)
 
     def place_response_values(self, values: list[torch.Tensor]) -> torch.Tensor:
         """values: per sequence of the step, one number per response token (e.g. the engine's sampled-token
-        log-probs) -> (1, L) with each value at the position predicting that token, 0 elsewhere."""
-        placed = torch.zeros(self.loss_mask.shape, dtype=values[0].dtype, device=values[0].device)  # (1, L)
-        # Loss positions appear in sequence order and, within a sequence, in response order.
+        log-probs) -> (R, L) with each value at the position predicting that token, 0 elsewhere."""
+        placed = torch.zeros(self.loss_mask.shape, dtype=values[0].dtype, device=values[0].device)  # (R, L)
+        # Loss positions appear, row-major, in sequence order and, within a sequence, in response order.
         placed[self.loss_mask.to(placed.device)] = torch.cat([values[i] for i in self.sequence_indices])
         return placed
 
@@ -68,37 +77,65 @@ def _assign_longest_first(lengths: list[int], num_bins: int) -> list[list[int]]:
     return [sorted(seqs) for seqs in bins]
 
 
-def _pack_row(prompt_ids: list[list[int]], response_ids: list[list[int]], seqs: list[int]) -> MicroBatch:
-    input_ids, position_ids, targets, loss_mask, response_lengths, seq_index = [], [], [], [], [], []
-    for seq in seqs:
-        tokens = prompt_ids[seq] + response_ids[seq]
-        positions = len(tokens) - 1
-        input_ids += tokens[:-1]
-        targets += tokens[1:]
-        position_ids += range(positions)
-        # Position t predicts token t + 1, which is a response token from t = len(prompt) - 1 on.
-        loss_mask += [t >= len(prompt_ids[seq]) - 1 for t in range(positions)]
-        response_lengths += [len(response_ids[seq])] * positions
-        seq_index += [seq] * positions
-    return MicroBatch(
-        input_ids=torch.tensor([input_ids], dtype=torch.long),
-        position_ids=torch.tensor([position_ids], dtype=torch.long),
-        targets=torch.tensor([targets], dtype=torch.long),
-        loss_mask=torch.tensor([loss_mask], dtype=torch.bool),
-        response_lengths=torch.tensor([response_lengths], dtype=torch.float32),
-        seq_index=torch.tensor([seq_index], dtype=torch.long),
-        sequence_indices=list(seqs),
-    )
+def _fill_rows(lengths: list[int], seqs: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing of a micro-batch's sequences into rows of at most `capacity` positions."""
+    rows, loads = [], []
+    for seq in sorted(seqs, key=lambda i: (-lengths[i], i)):
+        for row_index, load in enumerate(loads):
+            if load + lengths[seq] <= capacity:
+                rows[row_index].append(seq)
+                loads[row_index] += lengths[seq]
+                break
+        else:
+            rows.append([seq])
+            loads.append(lengths[seq])
+    return [sorted(row) for row in rows]
+
+
+def _pack_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], rows: list[list[int]]) -> MicroBatch:
+    columns = {name: [] for name in ("input_ids", "position_ids", "targets", "loss_mask", "response_lengths",
+                                      "seq_index")}
+    for seqs in rows:
+        row = {name: [] for name in columns}
+        for seq in seqs:
+            tokens = prompt_ids[seq] + response_ids[seq]
+            positions = len(tokens) - 1
+            row["input_ids"] += tokens[:-1]
+            row["targets"] += tokens[1:]
+            row["position_ids"] += range(positions)
+            # Position t predicts token t + 1, which is a response token from t = len(prompt) - 1 on.
+            row["loss_mask"] += [t >= len(prompt_ids[seq]) - 1 for t in range(positions)]
+            row["response_lengths"] += [len(response_ids[seq])] * positions
+            row["seq_index"] += [seq] * positions
+        for name in columns:
+            columns[name].append(row[name])
+    width = max(len(row) for row in columns["input_ids"])
+    for r in range(len(rows)):
+        pad = width - len(columns["input_ids"][r])
+        last_position = columns["position_ids"][r][-1]
+        columns["input_ids"][r] += [0] * pad
+        columns["targets"][r] += [0] * pad
+        columns["position_ids"][r] += range(last_position + 1, last_position + 1 + pad)  # no new sequence
+        columns["loss_mask"][r] += [False] * pad
+        columns["response_lengths"][r] += [1] * pad
+        columns["seq_index"][r] += [columns["seq_index"][r][-1]] * pad
+    dtypes = {"loss_mask": torch.bool, "response_lengths": torch.float32}
+    return MicroBatch(**{name: torch.tensor(values, dtype=dtypes.get(name, torch.long))
+                         for name, values in columns.items()},
+                      sequence_indices=[seq for seqs in rows for seq in seqs])
 
 
 def pack_micro_batches(
-    prompt_ids: list[list[int]], response_ids: list[list[int]], max_tokens: int, min_micro_batches: int = 1
+    prompt_ids: list[list[int]], response_ids: list[list[int]], max_tokens: int, min_micro_batches: int = 1,
+    row_capacity: int | None = None,
 ) -> list[MicroBatch]:
     """Split N sequences into packed micro-batches of at most max_tokens positions each.
 
     prompt_ids, response_ids: N lists of token ids (prompt non-empty; sequence i is prompt_ids[i] + response_ids[i]).
     max_tokens: the token budget of one micro-batch (positions in its packed row).
     min_micro_batches: at least this many micro-batches (to equalize the count across ranks); at most N.
+    row_capacity: None packs each micro-batch into one row; an int splits it into right-padded rows of at most
+        max(row_capacity, longest sequence) positions (see the module doc: sdpa/eager on CPU).
     Returns the micro-batches; every sequence is in exactly one. Raises ValueError if one sequence alone
     exceeds the budget.
     """
@@ -116,5 +153,9 @@ def pack_micro_batches(
     while True:  # ends: with one sequence per bin every bin fits
         bins = _assign_longest_first(lengths, num_bins)
         if all(sum(lengths[seq] for seq in seqs) <= max_tokens for seqs in bins):
-            return [_pack_row(prompt_ids, response_ids, seqs) for seqs in bins]
+            if row_capacity is None:
+                return [_pack_rows(prompt_ids, response_ids, [seqs]) for seqs in bins]
+            return [_pack_rows(prompt_ids, response_ids,
+                               _fill_rows(lengths, seqs, max(row_capacity, max(lengths[i] for i in seqs))))
+                    for seqs in bins]
         num_bins += 1

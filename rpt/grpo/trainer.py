@@ -173,14 +173,19 @@ def collect_rollouts(engine, tokenizer, policy, stream: SampleStream, cfg: Confi
 
 # --- update ------------------------------------------------------------------------------------------------
 
-def _equal_micro_batches(prompts, responses, budget: int):
+def _equal_micro_batches(prompts, responses, cfg: Config):
     """Pack, then agree on the largest micro-batch count over ranks: under FSDP every rank must run the
     same number of forward/backward passes. A rank with fewer sequences than that count pads with None
-    (a dummy pass whose loss is multiplied by zero)."""
-    local = pack_micro_batches(prompts, responses, budget) if prompts else []
+    (a dummy pass whose loss is multiplied by zero).
+
+    flash_attention_2 takes one packed row per micro-batch; sdpa/eager build an L x L mask for a packed
+    row, so they get rows of the longest sequence instead (rpt/grpo/packing.py)."""
+    budget = cfg.train.micro_batch_tokens
+    rows = None if cfg.model.attn_implementation == "flash_attention_2" else 0
+    local = pack_micro_batches(prompts, responses, budget, row_capacity=rows) if prompts else []
     count = int(all_reduce(torch.tensor([len(local)]), dist.ReduceOp.MAX).item())
     if len(local) < count:
-        local = pack_micro_batches(prompts, responses, budget, min(count, len(prompts))) if prompts else []
+        local = pack_micro_batches(prompts, responses, budget, min(count, len(prompts)), rows) if prompts else []
     return local + [None] * (count - len(local))
 
 
@@ -194,13 +199,13 @@ def sequence_logprobs(policy, prompts: list[list[int]], responses: list[list[int
                       temperature: float) -> list[torch.Tensor]:
     """Log-probs of each response's tokens given its prompt (no gradient): a list of (len(response),)."""
     out = [None] * len(prompts)
-    for mb in _equal_micro_batches(prompts, responses, cfg.train.micro_batch_tokens):
+    for mb in _equal_micro_batches(prompts, responses, cfg):
         if mb is None:
             _dummy_forward(policy, device)
             continue
         mb = mb.to(device)
         logp = policy(mb.input_ids, mb.position_ids, mb.targets, temperature=temperature,
-                      chunk_size=cfg.grpo.logprob_chunk_size)  # (1, L)
+                      chunk_size=cfg.grpo.logprob_chunk_size)  # (R, L)
         per_token = logp[mb.loss_mask].float().cpu()
         offsets = [len(responses[i]) for i in mb.sequence_indices]
         for i, values in zip(mb.sequence_indices, per_token.split(offsets)):
@@ -237,7 +242,7 @@ def update_policy(policy, optimizer, groups: list[Group], adv: torch.Tensor, cfg
         mb_old = [old[i].to(device) for i in seq_ids] if old else None
         counts = all_reduce(torch.tensor([float(sum(map(len, mb_responses))), float(len(seq_ids))]))
         global_tokens, global_seqs = counts[0].item(), counts[1].item()
-        for mb in _equal_micro_batches(mb_prompts, mb_responses, cfg.train.micro_batch_tokens):
+        for mb in _equal_micro_batches(mb_prompts, mb_responses, cfg):
             if mb is None:
                 (_dummy_forward(policy, device).sum() * 0.0).backward()
                 continue
@@ -245,9 +250,9 @@ def update_policy(policy, optimizer, groups: list[Group], adv: torch.Tensor, cfg
             want_entropy = cfg.grpo.entropy_coef > 0 or cfg.logging.entropy
             out = policy(mb.input_ids, mb.position_ids, mb.targets, temperature=cfg.rollout.temperature,
                          chunk_size=cfg.grpo.logprob_chunk_size, return_entropy=want_entropy)
-            logp, entropy = out if want_entropy else (out, None)  # (1, L)
-            behavior_logp = mb.place_response_values(mb_behavior)  # (1, L)
-            old_logp = mb.place_response_values(mb_old) if mb_old else logp.detach()  # (1, L)
+            logp, entropy = out if want_entropy else (out, None)  # (R, L)
+            behavior_logp = mb.place_response_values(mb_behavior)  # (R, L)
+            old_logp = mb.place_response_values(mb_old) if mb_old else logp.detach()  # (R, L)
             loss, metrics = policy_loss(
                 logp, old_logp, mb.expand_sequence_values(mb_adv), mb.loss_mask,
                 cfg.grpo.clip_low, cfg.grpo.clip_high, cfg.grpo.loss_agg, global_tokens=global_tokens,
@@ -256,7 +261,7 @@ def update_policy(policy, optimizer, groups: list[Group], adv: torch.Tensor, cfg
                 entropy_coef=cfg.grpo.entropy_coef, behavior_logp=behavior_logp if cfg.grpo.tis_cap > 0 else None,
                 tis_cap=cfg.grpo.tis_cap)
             (loss * world_size).backward()
-            gap = torch.where(mb.loss_mask, (logp.detach() - behavior_logp).abs(), 0.0)  # (1, L)
+            gap = torch.where(mb.loss_mask, (logp.detach() - behavior_logp).abs(), 0.0)  # (R, L)
             mismatch_max = torch.maximum(mismatch_max, gap.max().cpu())
             sums["mismatch_sum"] += gap.sum().item() / max(global_tokens, 1) / n_minibatches
             sums["loss"] += loss.item() / n_minibatches
