@@ -107,7 +107,8 @@ class LoggingConfig:
     entropy: bool = False  # compute and log the policy's per-token entropy (one more pass over V per chunk)
     samples_every: int = 10  # write prompts/responses/rewards to samples.jsonl every k steps
     samples_per_dump: int = 8
-    eval_every: int = 0  # 0: no periodic evaluation
+    eval_every: int = 0  # evaluate the policy on the validation splits every k steps (0: never)
+    eval_mode: Literal["standard", "reasoning"] = "standard"  # argmax of one forward, or sample + reward
     eval_splits: tuple[str, ...] = ("easy", "medium", "hard")
     eval_max_samples: int = 200
 

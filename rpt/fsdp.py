@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_state_dict,
 )
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 
 from rpt.grpo.logprobs import PolicyLogprobs
@@ -59,6 +59,7 @@ def build_policy(path: str, dtype: str = "float32", param_dtype: str = "float32"
         fully_shard(layer, mp_policy=mp_policy)
     # the root keeps its parameters (embeddings, final norm, lm_head) gathered between forward and backward
     fully_shard(policy, mp_policy=mp_policy, reshard_after_forward=False)
+    register_fsdp_forward_method(policy, "next_token_logits")  # evaluation's second entry point
     policy.to_empty(device=device)  # rank 0's values come back from full_state below, like everyone's
     set_model_state_dict(policy, full_state,
                          options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))

@@ -97,7 +97,8 @@ def predict_next_tokens(model, contexts: list[list[int]], pad_id: int, batch_siz
     Contexts are sorted by length and left-padded into batches, so the last position of every row is the
     context's last token; position ids count real tokens only, so padding changes nothing (any position
     embedding). `logits_to_keep=1` keeps only the last position's logits: never (B, T, V) at once. Works on
-    an FSDP2-wrapped model as long as every rank calls it with the same number of contexts."""
+    an FSDP2-wrapped model, and on the trainer's PolicyLogprobs (its `next_token_logits`), as long as every
+    rank calls it with the same number of contexts."""
     if any(len(context) == 0 for context in contexts):
         raise ValueError("standard-mode accuracy needs a non-empty context for every sample")
     device = next(model.parameters()).device
@@ -112,9 +113,13 @@ def predict_next_tokens(model, contexts: list[list[int]], pad_id: int, batch_siz
             input_ids[row, length - len(context):] = torch.tensor(context)
             attention_mask[row, length - len(context):] = 1
         position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, T)
-        output = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                       position_ids=position_ids.to(device), logits_to_keep=1, use_cache=False)
-        predictions[order[start:start + batch_size]] = output.logits[:, -1].argmax(dim=-1).cpu()  # (B,)
+        inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
+                  "position_ids": position_ids.to(device)}
+        if hasattr(model, "next_token_logits"):  # the trainer's policy (rpt.grpo.PolicyLogprobs)
+            logits = model.next_token_logits(**inputs)  # (B, V)
+        else:
+            logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1]  # (B, V)
+        predictions[order[start:start + batch_size]] = logits.argmax(dim=-1).cpu()  # (B,)
     return predictions
 
 

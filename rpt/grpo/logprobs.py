@@ -156,3 +156,12 @@ class PolicyLogprobs(torch.nn.Module):
         hidden = decoder_output.last_hidden_state  # (N, T, H)
         lm_head_weight = self.model.get_output_embeddings().weight  # (V, H)
         return token_logprobs(hidden, lm_head_weight, targets, temperature, chunk_size, return_entropy)
+
+    def next_token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, T) left-padded contexts -> (N, V) logits of the token after each one (standard-mode
+        evaluation: argmax of one forward). rpt.fsdp registers it as an FSDP forward method, so it gathers
+        the parameters like forward does."""
+        hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                          position_ids=position_ids, use_cache=False).last_hidden_state  # (N, T, H)
+        return hidden[:, -1] @ self.model.get_output_embeddings().weight.T  # (N, V)

@@ -381,6 +381,9 @@ def train(cfg: Config) -> list[dict]:
             "perf/tokens_per_s": gen_tokens / max(rollout_stats["generate"], 1e-9) / world_size,
             "perf/train_compute": totals["train_compute"],
         }
+        # evaluate on the held-out splits (rpt.eval), every rank its share
+        if cfg.logging.eval_every and (step + 1) % cfg.logging.eval_every == 0:
+            metrics.update(evaluate_policy(policy, tokenizer, engine, cfg, step + 1))
         history.append({"step": step + 1, **metrics})
         if rank == 0:
             log_step(out_dir, writer, step + 1, metrics, cfg)
@@ -400,6 +403,17 @@ def train(cfg: Config) -> list[dict]:
     return history
 
 
+def evaluate_policy(policy, tokenizer, engine: Engine, cfg: Config, step: int) -> dict[str, float]:
+    from rpt.eval import evaluate
+
+    results = evaluate(policy, tokenizer, engine, cfg.data.path, cfg.logging.eval_splits, mode=cfg.logging.eval_mode,
+                       max_samples=cfg.logging.eval_max_samples, template=cfg.data.template, chat=cfg.data.chat,
+                       think_prefill=cfg.data.think_prefill, response_prefill=cfg.data.response_prefill,
+                       extraction=cfg.reward.extraction, temperature=cfg.rollout.temperature,
+                       top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_response_tokens, seed=cfg.train.seed + step)
+    return {f"eval/{key}": value for key, value in results.items()}
+
+
 def log_step(out_dir: Path, writer, step: int, metrics: dict, cfg: Config) -> None:
     with open(out_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -413,6 +427,9 @@ def log_step(out_dir: Path, writer, step: int, metrics: dict, cfg: Config) -> No
                f"| len {m['rollout/response_len_mean']:.1f} | mismatch {m['train/mismatch_mean']:.1e} "
                f"| gen {m['perf/time_generate']:.1f}s upd {m['perf/time_update']:.1f}s "
                f"sync {m['perf/time_sync']:.1f}s | {m['perf/tokens_per_s']:.0f} tok/s/rank")
+        evals = {k[len("eval/"):]: v for k, v in m.items() if k.startswith("eval/") and k.endswith("_acc")}
+        if evals:
+            print0("  eval " + " | ".join(f"{k} {v:.3f}" for k, v in evals.items()))
 
 
 def dump_samples(out_dir: Path, step: int, groups: list[Group], rewards: torch.Tensor, tokenizer,

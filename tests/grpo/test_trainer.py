@@ -44,8 +44,9 @@ def run_single_process(args, env=None):
 
 
 def test_two_ranks_match_one_process(tiny_data_dir, tmp_path):
-    run_single_process(overrides(tiny_data_dir, tmp_path / "one"))
-    run_torchrun(TRAIN, overrides(tiny_data_dir, tmp_path / "two"), nproc=2)
+    with_eval = {"logging.eval_every": 3, "logging.eval_max_samples": 9}
+    run_single_process(overrides(tiny_data_dir, tmp_path / "one", **with_eval))
+    run_torchrun(TRAIN, overrides(tiny_data_dir, tmp_path / "two", **with_eval), nproc=2)
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert sorted(one) == sorted(two) == [1, 2, 3]
     for step in one:
@@ -53,6 +54,9 @@ def test_two_ranks_match_one_process(tiny_data_dir, tmp_path):
         assert abs(one[step]["train/loss"] - two[step]["train/loss"]) <= 1e-6
         assert abs(one[step]["train/grad_norm"] - two[step]["train/grad_norm"]) <= 1e-5
     assert any(one[s]["train/grad_norm"] > 0 for s in one)  # something was learned, so params moved
+    evals = {k: v for k, v in two[3].items() if k.startswith("eval/")}
+    assert evals["eval/hard/num_samples"] == 9 and "eval/easy/standard_acc" in evals
+    assert evals == {k: v for k, v in one[3].items() if k.startswith("eval/")}  # periodic eval, rank-invariant
     params_one = load_file(tmp_path / "one" / "hf" / "model.safetensors")
     params_two = load_file(tmp_path / "two" / "hf" / "model.safetensors")
     for name in params_one:
