@@ -151,7 +151,8 @@ def collect_rollouts(engine, tokenizer, policy, stream: SampleStream, cfg: Confi
     the same number of contexts, so collectives inside generation or scoring line up."""
     collector = GroupCollector(contexts_per_rank, cfg.grpo.max_generation_rounds, cfg.grpo.on_round_cap,
                                step=step, start_step=cfg.grpo.dynamic_sampling_start_step)
-    timing = {"generate": 0.0, "reward": 0.0}
+    # every generated sample, kept or not: the unbiased view of how the policy does
+    stats = {"generate": 0.0, "reward": 0.0, "all_reward_sum": 0.0, "all_samples": 0, "all_tokens": 0}
     round_index = 0
     while True:
         not_done = all_reduce(torch.tensor([0.0 if collector.done else 1.0]), dist.ReduceOp.MAX)
@@ -160,15 +161,18 @@ def collect_rollouts(engine, tokenizer, policy, stream: SampleStream, cfg: Confi
         samples = stream.next_batch(contexts_per_rank)
         start = time.perf_counter()
         groups = generate_groups(engine, tokenizer, samples, cfg, step, round_index)
-        timing["generate"] += time.perf_counter() - start
+        stats["generate"] += time.perf_counter() - start
         start = time.perf_counter()
         rewards = score_groups(groups, tokenizer, policy, cfg, device)  # (B, G)
-        timing["reward"] += time.perf_counter() - start
+        stats["reward"] += time.perf_counter() - start
+        stats["all_reward_sum"] += rewards.sum().item()
+        stats["all_samples"] += rewards.numel()
+        stats["all_tokens"] += sum(len(c.token_ids) for group in groups for c in group.completions)
         if not collector.done:
             collector.add(groups, rewards)
         round_index += 1
-    groups, rewards, stats = collector.result()
-    return groups, rewards, {**stats, **timing}
+    groups, rewards, collector_stats = collector.result()
+    return groups, rewards, {**collector_stats, **stats}
 
 
 # --- update ------------------------------------------------------------------------------------------------
@@ -360,16 +364,19 @@ def train(cfg: Config) -> list[dict]:
             float(sum(group.diagnostics["had_box"].sum() for group in groups)),
             float(lengths.sum()), float(sum(c.finish_reason == "length" for c in completions)),
             float(len(groups)), float(rollout_stats["groups_generated"]), prompt_tokens,
+            rollout_stats["all_reward_sum"], float(rollout_stats["all_samples"]), float(rollout_stats["all_tokens"]),
         ], dtype=torch.float64)
-        (reward_sum, correct, n_samples, think, box, gen_tokens, truncated, kept, generated,
-         prompt_tokens) = all_reduce(local).tolist()
+        (reward_sum, correct, n_samples, think, box, gen_tokens, truncated, kept, generated, prompt_tokens,
+         all_reward_sum, all_samples, all_tokens) = all_reduce(local).tolist()
         max_len = all_reduce(lengths.max() if len(lengths) else torch.zeros(()), dist.ReduceOp.MAX).item()
         n = max(n_samples, 1)
         totals["skipped_updates"] += update["skipped_updates"]
-        totals["train_compute"] += 6 * n_params * (gen_tokens + prompt_tokens) + 2 * n_params * gen_tokens
+        totals["train_compute"] += 6 * n_params * (gen_tokens + prompt_tokens) + 2 * n_params * all_tokens
         step_time = time.perf_counter() - step_start
         metrics = {
-            "rollout/reward_mean": reward_sum / n, "rollout/accuracy": correct / n,
+            # all generated samples; the kept_ metrics are what the update trained on (after dynamic sampling)
+            "rollout/reward_mean": all_reward_sum / max(all_samples, 1), "rollout/kept_reward_mean": reward_sum / n,
+            "rollout/kept_accuracy": correct / n,
             "rollout/had_think": think / n, "rollout/had_box": box / n,
             "rollout/response_len_mean": gen_tokens / n, "rollout/response_len_max": max_len,
             "rollout/truncated_frac": truncated / n, "rollout/kept_group_frac": kept / max(generated, 1),
@@ -378,7 +385,7 @@ def train(cfg: Config) -> list[dict]:
             "train/skipped_updates": totals["skipped_updates"], "train/lr": scheduler.get_last_lr()[0],
             "perf/time_generate": rollout_stats["generate"], "perf/time_reward": rollout_stats["reward"],
             "perf/time_update": update_time, "perf/time_sync": sync_time, "perf/time_step": step_time,
-            "perf/tokens_per_s": gen_tokens / max(rollout_stats["generate"], 1e-9) / world_size,
+            "perf/tokens_per_s": all_tokens / max(rollout_stats["generate"], 1e-9) / world_size,
             "perf/train_compute": totals["train_compute"],
         }
         # evaluate on the held-out splits (rpt.eval), every rank its share
@@ -422,7 +429,7 @@ def log_step(out_dir: Path, writer, step: int, metrics: dict, cfg: Config) -> No
             writer.add_scalar(key, value, step)
     if step % cfg.logging.log_every == 0 or step == cfg.train.steps:
         m = metrics
-        print0(f"step {step}/{cfg.train.steps} | reward {m['rollout/reward_mean']:.3f} | loss {m['train/loss']:+.4f} "
+        print0(f"step {step}/{cfg.train.steps} | reward {m['rollout/reward_mean']:.3f} | loss {m['train/loss']:+.2e} "
                f"| gnorm {m['train/grad_norm']:.3f} | kept {m['rollout/kept_group_frac']:.2f} "
                f"| len {m['rollout/response_len_mean']:.1f} | mismatch {m['train/mismatch_mean']:.1e} "
                f"| gen {m['perf/time_generate']:.1f}s upd {m['perf/time_update']:.1f}s "
