@@ -42,8 +42,8 @@ Side effects of vLLM to know about (observed with 0.32.0 on CPU): creating the e
 Python/numpy/torch RNGs (undone here), the CPU worker turns `torch.set_num_threads` into a no-op, and deleting
 the engine destroys the default process group, so own one engine for the life of the job.
 
-Deviations from the paper: none in what is computed. The paper does not say how rollout weights are synced;
-this is one way that never holds a second full copy of the model.
+Deviations from the paper: none in what is computed. The paper generated with vLLM under verl and does not
+describe the weight sync; this one never holds a second full copy of the model.
 """
 import os
 import random

@@ -58,6 +58,10 @@ class TestVLLMEngine:
             assert report["all_reduce_after_start"] == 3.0  # 1 + 2
             assert report["all_reduce_after_sync"] == 3.0
 
+    def test_engine_start_leaves_the_callers_rng_state_alone(self, ranks):
+        for report in ranks:  # vLLM seeds torch, Python and numpy at start-up; the trainer's streams must survive
+            assert report["rng_untouched_by_engine_start"] == [True, True, True]
+
     def test_data_parallel_rank_is_rank_over_tensor_parallel_size(self, ranks):
         tensor_parallel_size = 2 // ranks[0]["data_parallel_size"]
         for report in ranks:

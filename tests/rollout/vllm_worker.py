@@ -5,10 +5,12 @@ engine dominate the cost); each rank writes its measurements to OUT/rank{r}.json
     torchrun --nproc_per_node=2 tests/rollout/vllm_worker.py MODEL_DIR TP OUT
 """
 import json
+import random
 import sys
 import weakref
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -75,10 +77,14 @@ def main(model_dir: str, tensor_parallel_size: int, out_dir: Path) -> None:
     reference = load_model(model_dir, "float32").eval()
     with torch.no_grad():
         stop_token = reference(torch.tensor([STOP_PROMPT])).logits[0, -1].argmax().item()
+    torch_rng, python_rng, numpy_rng = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
     engine = VLLMEngine(model_dir, eos_token_id=[reference.config.eos_token_id, stop_token], dtype="float32",
                         tensor_parallel_size=tensor_parallel_size, seed=0, max_model_len=512,
                         kv_cache_memory_bytes=32 << 20, enforce_eager=True, sleep_level=1)
-    report = {"rank": rank, "world_size": world_size, "data_parallel_rank": engine.data_parallel_rank,
+    report = {"rng_untouched_by_engine_start": [torch.equal(torch.get_rng_state(), torch_rng),
+                                                random.getstate() == python_rng,
+                                                bool(np.array_equal(np.random.get_state()[1], numpy_rng))],
+              "rank": rank, "world_size": world_size, "data_parallel_rank": engine.data_parallel_rank,
               "data_parallel_size": engine.data_parallel_size, "all_reduce_after_start": all_reduce_rank_sum()}
 
     # sampling: the same prompts and seed on every rank, twice, then another seed
