@@ -9,14 +9,13 @@ own all-reduce, and repeated sampling.
 import importlib
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import run_torchrun
+
 WORKER = Path(__file__).with_name("vllm_worker.py")
 LOGPROB_TOLERANCE = 1e-4  # fp32, vLLM vs an HF forward of the same weights
 
@@ -32,14 +31,9 @@ def ranks(request, tiny_qwen2_dir, tmp_path_factory) -> list[dict]:
     """One torchrun launch (2 ranks) per tensor-parallel size -> each rank's report."""
     tensor_parallel_size = request.param
     out_dir = tmp_path_factory.mktemp(f"vllm_tp{tensor_parallel_size}")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-           "VLLM_CACHE_ROOT": str(tmp_path_factory.getbasetemp() / "vllm_cache"), "VLLM_LOGGING_LEVEL": "WARNING"}
-    # --standalone picks a free rendezvous port itself (--master_port=0 hangs with torch 2.13)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-           str(tiny_qwen2_dir), str(tensor_parallel_size), str(out_dir)]
-    result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        pytest.fail(f"vllm worker failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-8000:]}")
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING",
+           "VLLM_CACHE_ROOT": str(tmp_path_factory.getbasetemp() / "vllm_cache")}
+    run_torchrun(WORKER, [str(tiny_qwen2_dir), str(tensor_parallel_size), str(out_dir)], nproc=2, env=env)
     return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(2)]
 
 
