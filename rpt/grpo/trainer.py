@@ -62,11 +62,11 @@ def build_engine(cfg: Config, tokenizer, device: torch.device) -> Engine:
     except ImportError as error:
         raise ImportError(f"rollout.engine=vllm needs vLLM: pip install -e .[vllm] (GPU) or .[cpu] ({error})")
     return VLLMEngine(
-        cfg.model.path, dtype=cfg.model.param_dtype if device.type == "cuda" else "float32",
+        cfg.model.path, eos_ids, dtype=cfg.model.param_dtype if device.type == "cuda" else "float32",
         tensor_parallel_size=cfg.rollout.tensor_parallel_size, seed=cfg.train.seed,
         max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_response_tokens,
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-        kv_cache_memory_bytes=cfg.rollout.kv_cache_memory_bytes or None,
+        kv_cache_memory_bytes=cfg.rollout.kv_cache_memory_bytes,
         enforce_eager=cfg.rollout.enforce_eager, sleep_level=cfg.rollout.sleep_level,
     )
 

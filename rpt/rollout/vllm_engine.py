@@ -80,9 +80,11 @@ def _repack_tied_lm_head(worker) -> None:
         lm_head.quant_method.process_weights_after_loading(lm_head)
 
 
-def _request_seed(seed: int, prompt_index: int) -> int:
-    """A 32-bit seed per (call seed, prompt index); vLLM seeds the prompt's j-th sample with it + j."""
-    return int(np.random.SeedSequence([seed, prompt_index]).generate_state(1)[0])
+def _request_seed(entropy: list[int]) -> int:
+    """A well-mixed 32-bit seed from a prompt's seed material (the caller's per-prompt seed, or the call seed
+    and the prompt index); vLLM seeds the prompt's j-th sample with it + j, so nearby raw seeds would share
+    streams."""
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 class VLLMEngine:
@@ -135,11 +137,14 @@ class VLLMEngine:
         self.sleeping = False
         self.weights_awake = False  # during a sleep: update_weights already brought the weights back
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
-        """prompts: B lists of prompt token ids -> B lists of params.n completions (vLLM's sample order)."""
+    def generate(self, prompts: list[list[int]], params: SamplingParams,
+                 seeds: list[int] | None = None) -> list[list[Completion]]:
+        """prompts: B lists of prompt token ids -> B lists of params.n completions (vLLM's sample order).
+        seeds: one per prompt (see Engine.generate); default (params.seed, prompt index)."""
+        entropy = [[seed] for seed in seeds] if seeds is not None else [[params.seed, i] for i in range(len(prompts))]
         requests = [
             vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
-                                max_tokens=params.max_tokens, seed=_request_seed(params.seed, i),
+                                max_tokens=params.max_tokens, seed=_request_seed(entropy[i]),
                                 stop_token_ids=self.stop_token_ids,
                                 logprobs=0,  # 0 extra top tokens: only the sampled token's log-prob
                                 detokenize=False)
