@@ -167,3 +167,13 @@ def export_hf(policy: PolicyLogprobs, tokenizer, out_dir: Path) -> None:
         policy.model.save_pretrained(out_dir, state_dict=state)
         tokenizer.save_pretrained(out_dir)
     _barrier()
+
+
+def move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device | str) -> None:
+    """Move AdamW's moments (sharded DTensors under FSDP) to `device`: to CPU while the co-located engine
+    generates on the GPU, back before the update (`rollout.offload_optimizer`). The step counters stay
+    where torch keeps them."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if key != "step" and isinstance(value, torch.Tensor):
+                state[key] = value.to(device, non_blocking=True)

@@ -43,3 +43,16 @@ def test_two_ranks_match_one_process_and_export_and_checkpoint(stories_dir, tmp_
     for name, param in policy.model.named_parameters():
         torch.testing.assert_close(param.detach(), two["full"][name], atol=0, rtol=0, msg=name)
     assert len(optimizer.state) == len(list(policy.parameters()))  # AdamW moments restored too
+
+
+def test_move_optimizer_state_moves_moments_not_step_counters():
+    from rpt.fsdp import move_optimizer_state
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    move_optimizer_state(optimizer, "meta")  # stands in for the CPU <-> GPU moves this machine cannot make
+    for state in optimizer.state.values():
+        assert state["exp_avg"].device.type == "meta" and state["exp_avg_sq"].device.type == "meta"
+        assert state["step"].device.type == "cpu"

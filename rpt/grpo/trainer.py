@@ -27,7 +27,7 @@ from rpt.data import SampleStream, build_prompt_ids
 from rpt.data.sample import Sample
 from rpt.dist import init_distributed, print0, seed_everything
 from rpt.fsdp import build_policy, clip_grad_norm, export_hf, iter_full_weights, latest_checkpoint, \
-    load_checkpoint, save_checkpoint
+    load_checkpoint, move_optimizer_state, save_checkpoint
 from rpt.grpo.advantages import compute_advantages
 from rpt.grpo.loss import policy_loss
 from rpt.grpo.packing import pack_micro_batches
@@ -333,10 +333,14 @@ def train(cfg: Config) -> list[dict]:
     print0(f"rpt: {n_params / 1e6:.2f}M params, {world_size} ranks (tp {tp}), engine {cfg.rollout.engine}, "
            f"{cfg.train.batch_size} contexts x G={cfg.rollout.n} per step, steps {start_step}..{cfg.train.steps}")
 
+    # on a GPU the engine and the training state take turns: AdamW state on the CPU while generating
+    offload = cfg.rollout.offload_optimizer and device.type == "cuda"
     history = []
     for step in range(start_step, cfg.train.steps):
         step_start = time.perf_counter()
         # sample contexts -> generate -> reward (refilled by dynamic sampling)
+        if offload:
+            move_optimizer_state(optimizer, "cpu")
         engine.wake()
         groups, rewards, rollout_stats = collect_rollouts(engine, tokenizer, policy, stream, cfg, step, device,
                                                           contexts_per_rank)
@@ -345,6 +349,8 @@ def train(cfg: Config) -> list[dict]:
             if len(groups) else rewards  # (b, G)
         # update
         engine.sleep()
+        if offload:
+            move_optimizer_state(optimizer, device)
         start = time.perf_counter()
         update = update_policy(policy, optimizer, groups, adv, cfg, device, world_size)
         scheduler.step()
