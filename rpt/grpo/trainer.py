@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from rpt.config import Config, save_config
 from rpt.data import SampleStream, build_prompt_ids
+from rpt.data.prompts import special_prefix_ids
 from rpt.data.sample import Sample
 from rpt.dist import init_distributed, print0, seed_everything
 from rpt.fsdp import build_policy, clip_grad_norm, export_hf, iter_full_weights, latest_checkpoint, \
@@ -33,7 +34,7 @@ from rpt.grpo.loss import policy_loss
 from rpt.grpo.packing import pack_micro_batches
 from rpt.grpo.sampling import GroupCollector
 from rpt.model import load_model, load_tokenizer
-from rpt.reward import compute_rewards, first_token_id, token_bytes, token_text
+from rpt.reward import compute_rewards, extract_prediction, first_token_id, token_bytes, token_text
 from rpt.rollout.engine import Completion, Engine, SamplingParams
 
 
@@ -126,13 +127,14 @@ def score_groups(groups: list[Group], tokenizer, policy, cfg: Config, device) ->
         if cfg.reward.extraction == "raw":  # the first generated token is the prediction's first token
             first_ids = [c.token_ids[0] if c.token_ids else None for group in groups for c in group.completions]
         else:
-            from rpt.reward import extract_prediction
             first_ids = [first_token_id(tokenizer, extract_prediction(r)) for r in responses]
         extra = {"first_token_ids": first_ids,
                  "target_token_ids": [group.sample.continuation_ids[0] for group in groups for _ in range(g)]}
         if cfg.reward.kind in ("dense", "conditional_dense"):
-            # P(y[0] | x_<t) under the current policy (Appendix A), one extra forward without gradient
-            contexts = [group.sample.context_ids for group in groups for _ in range(g)]
+            # P(y[0] | x_<t) under the current policy (Appendix A), one extra forward without gradient, on the
+            # context as the proxy scored it (the tokenizer's BOS, if any, in front)
+            bos = special_prefix_ids(tokenizer)
+            contexts = [bos + group.sample.context_ids for group in groups for _ in range(g)]
             firsts = [[t if t is not None else 0] for t in first_ids]
             logps = sequence_logprobs(policy, contexts, firsts, cfg, device, temperature=1.0)
             extra["first_token_probs"] = [math.exp(lp[0].item()) for lp in logps]

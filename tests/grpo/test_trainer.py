@@ -108,3 +108,32 @@ def test_planted_nan_skips_one_update(tiny_data_dir, tmp_path, monkeypatch):
     assert [h["train/skipped_updates"] for h in history] == [0, 1, 1]
     assert torch.isnan(torch.tensor(history[1]["train/grad_norm"]))
     assert torch.isfinite(torch.tensor(history[2]["train/loss"]))
+
+
+def test_dense_reward_gets_the_policys_first_token_probability(tiny_data_dir, stories_dir, tmp_path, monkeypatch):
+    """Appendix A's dense reward: the loop supplies P(y[0] | x_<t) under the current policy; checked against a
+    plain transformers forward of the same weights (step 1: the initial model)."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.delenv("RANK", raising=False)
+    seen = {}
+    real_compute_rewards = trainer.compute_rewards
+
+    def capture(responses, continuations, **kwargs):
+        seen.setdefault("kwargs", kwargs)
+        return real_compute_rewards(responses, continuations, **kwargs)
+
+    monkeypatch.setattr(trainer, "compute_rewards", capture)
+    argv = overrides(tiny_data_dir, tmp_path, steps=1, **{"reward.kind": "dense", "train.export_hf": False,
+                                                           "rollout.max_response_tokens": 1})
+    cfg = load_config(argv[1], argv[2:])
+    history = trainer.train(cfg)
+    kwargs = seen["kwargs"]
+    assert kwargs["kind"] == "dense" and len(kwargs["first_token_probs"]) == 16
+    samples = trainer.SampleStream(cfg.data.path, seed=cfg.train.seed).next_batch(4)  # the step's contexts
+    model = AutoModelForCausalLM.from_pretrained(stories_dir).eval()
+    for i, first in enumerate(kwargs["first_token_ids"]):
+        context = torch.tensor([[1] + samples[i // 4].context_ids])  # stories260K's BOS, as the proxy saw it
+        expected = torch.softmax(model(context).logits[0, -1], -1)[first].item()
+        assert abs(kwargs["first_token_probs"][i] - expected) < 1e-5
+    assert 0 < history[0]["rollout/reward_mean"] <= 1
