@@ -56,3 +56,18 @@ def test_move_optimizer_state_moves_moments_not_step_counters():
     for state in optimizer.state.values():
         assert state["exp_avg"].device.type == "meta" and state["exp_avg_sq"].device.type == "meta"
         assert state["step"].device.type == "cpu"
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint_latest(tmp_path):
+    from rpt.fsdp import latest_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    saved = save_checkpoint(tmp_path, model, optimizer, scheduler, step=2, extra={})
+    (tmp_path / ".tmp_step_00000003").mkdir()  # a save killed before its rename
+    (tmp_path / ".tmp_step_00000003" / "rank0.pt").write_bytes(b"truncated")
+    assert latest_checkpoint(tmp_path) == saved == tmp_path / "step_00000002"
+    for step in (3, 4, 5):  # keep=2 prunes the oldest complete ones
+        save_checkpoint(tmp_path, model, optimizer, scheduler, step=step, extra={}, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000004", "step_00000005"]
