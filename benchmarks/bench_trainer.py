@@ -1,0 +1,430 @@
+"""Benchmarks of the training loop (issue 6), run by hand on CPU; each prints ratios measured in one run.
+
+    python benchmarks/bench_trainer.py update   # update_policy vs a bare forward+backward+AdamW (goal <= 1.15x)
+    python benchmarks/bench_trainer.py trl      # one training step, ours vs TRL's GRPOTrainer (goal <= 0.5x)
+    python benchmarks/bench_trainer.py rss      # peak per-rank RSS of training, 2 ranks vs 1 (goal <= 0.6x)
+
+update: a random Qwen2 (real Qwen2 tokenizer, V = 151,646, hidden 256, 4 layers) and a synthetic batch of
+    B x G sequences of prompt + response tokens (random ids, random advantages). `update_policy` (packing,
+    chunked log-probs, policy loss, backward, grad clip, AdamW) against the plain HF model on the same padded
+    batch and micro-batches: logits, log_softmax, gather, advantage-weighted token mean, backward, grad clip,
+    AdamW. One warm-up of each, then --repeats rounds alternating the two; medians of wall and of CPU time.
+    The two gradient norms are printed as a check that both compute the same gradient.
+trl: stories260K on 24 OmniMATH documents prepared as tests/conftest.py's tiny_data_dir does. Our step is
+    `launch/train.py` with the tiny preset (one process, transformers generate; dynamic sampling, evaluation
+    and checkpoints off, so one generation round per step as in TRL), perf/time_step from metrics.jsonl;
+    TRL's is the wall time between consecutive optimizer steps of GRPOTrainer (one process, transformers
+    generate, the same contexts x G per optimizer step and max new tokens, a length reward). The first step
+    of each is a warm-up. Both run in subprocesses with --threads threads. Needs `pip install trl` (not a
+    dependency of rpt).
+rss: a random Llama of ~85M parameters with the stories260K tokenizer, 2 training steps of `launch/train.py`
+    with the transformers engine, as 1 process and under `torchrun --nproc_per_node=2`, with
+    MALLOC_MMAP_THRESHOLD_=65536 so that freed memory goes back to the OS. Each rank prints its peak RSS
+    (VmHWM) per phase; the ratio is the worst rank at 2 ranks over the single process.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("RPT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def read_status_mb(field: str) -> float:
+    """VmRSS (resident now) or VmHWM (resident peak since the last reset) from /proc/self/status, in MB."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets VmHWM to the current RSS."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def subprocess_env(threads: int, **extra: str) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO), **extra}
+
+
+def prepare_tiny_data(out: Path) -> Path:
+    """24 OmniMATH documents scored by stories260K: tests/conftest.py's tiny_data_dir."""
+    from rpt.data.prepare import prepare
+
+    if not (out / "manifest.json").exists():
+        prepare(SHARED / "omni_math_rule" / "omni_math_rule.jsonl", SHARED / "models" / "stories260K", out,
+                max_docs=24, heldout_docs=4, max_context=64, docs_per_chunk=8, progress=False)
+    return out
+
+
+# --- update: update_policy vs bare forward + backward + AdamW ----------------------------------------------
+
+def synthetic_groups(contexts: int, group_size: int, prompt_tokens: int, response_tokens: int, vocab: int):
+    """B groups of G completions with random token ids, zero engine log-probs, and random advantages (B, G)."""
+    from rpt.data.sample import Sample
+    from rpt.grpo.trainer import Group
+    from rpt.rollout.engine import Completion
+
+    generator = torch.Generator().manual_seed(0)
+    groups = []
+    for b in range(contexts):
+        prompt = torch.randint(0, vocab, (prompt_tokens,), generator=generator).tolist()
+        completions = [Completion(torch.randint(0, vocab, (response_tokens,), generator=generator).tolist(),
+                                  [0.0] * response_tokens, "length") for _ in range(group_size)]
+        groups.append(Group(Sample(b, prompt_tokens, prompt, completions[0].token_ids, 0.0), prompt, completions,
+                            [""] * group_size))
+    adv = torch.randn(contexts, group_size, generator=generator)  # (B, G)
+    return groups, adv
+
+
+def bare_step(model, optimizer, micro_batches, temperature: float, grad_clip: float) -> float:
+    """Plain HF forward to logits, log_softmax + gather, advantage-weighted token mean, backward, AdamW.
+    micro_batches: (input_ids (n, T), targets (n, T), mask (n, T), adv (n, 1)); returns the gradient norm."""
+    total_tokens = sum(int(mask.sum()) for _, _, mask, _ in micro_batches)
+    for input_ids, targets, mask, adv in micro_batches:
+        logits = model(input_ids=input_ids, use_cache=False).logits / temperature  # (n, T, V)
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (n, T)
+        loss = -(logp * adv * mask).sum() / total_tokens
+        loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm.item()
+
+
+def bench_update(args) -> None:
+    from rpt.config import Config
+    from rpt.fsdp import build_policy
+    from rpt.grpo.trainer import update_policy
+    from rpt.model import build_tiny_qwen2, load_model
+
+    torch.set_num_threads(args.threads)
+    model_dir = build_tiny_qwen2(Path(tempfile.mkdtemp(prefix="bench_update_")), SHARED / "tokenizers" / "qwen2",
+                                 hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
+                                 num_kv_heads=args.heads // 2)
+    cfg = Config()
+    cfg.model.path, cfg.model.activation_checkpointing = str(model_dir), False
+    cfg.rollout.n, cfg.rollout.max_response_tokens = args.group_size, args.response_tokens
+    cfg.train.batch_size = cfg.train.mini_batch_size = args.contexts
+    sequence_positions = args.prompt_tokens + args.response_tokens - 1
+    cfg.train.micro_batch_tokens = args.micro_batch_sequences * sequence_positions
+    cfg.train.grad_clip = 1.0
+    cfg.grpo.loss_agg = "token-mean"
+
+    policy = build_policy(str(model_dir), "float32", "float32", "float32", False, "sdpa")
+    policy_optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
+                                         weight_decay=cfg.train.weight_decay)
+    plain = load_model(model_dir, "float32", "sdpa")
+    plain_optimizer = torch.optim.AdamW(plain.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
+                                        weight_decay=cfg.train.weight_decay)
+    vocab = plain.config.vocab_size
+    n_params = sum(p.numel() for p in plain.parameters())
+    groups, adv = synthetic_groups(args.contexts, args.group_size, args.prompt_tokens, args.response_tokens, vocab)
+
+    # the same padded batch: every sequence is prompt + response, all of one length, no padding needed
+    sequences = torch.tensor([g.prompt_ids + c.token_ids for g in groups for c in g.completions])  # (N, P + R)
+    input_ids, targets = sequences[:, :-1], sequences[:, 1:]  # (N, T), T = P + R - 1
+    mask = torch.zeros_like(targets, dtype=torch.float32)  # (N, T)
+    mask[:, args.prompt_tokens - 1:] = 1.0  # position t predicts token t + 1, a response token from P - 1 on
+    seq_adv = adv.reshape(-1, 1)  # (N, 1)
+    micro_batches = [(input_ids[i:i + args.micro_batch_sequences], targets[i:i + args.micro_batch_sequences],
+                      mask[i:i + args.micro_batch_sequences], seq_adv[i:i + args.micro_batch_sequences])
+                     for i in range(0, len(sequences), args.micro_batch_sequences)]
+
+    def run_ours() -> float:
+        return update_policy(policy, policy_optimizer, groups, adv, cfg, torch.device("cpu"), 1)["grad_norm"]
+
+    def run_bare() -> float:
+        return bare_step(plain, plain_optimizer, micro_batches, cfg.rollout.temperature, cfg.train.grad_clip)
+
+    print(f"update phase: random Qwen2 {n_params / 1e6:.1f}M params (V={vocab}, hidden {args.hidden}, "
+          f"{args.layers} layers), {args.contexts} contexts x G={args.group_size} = {len(sequences)} sequences of "
+          f"{args.prompt_tokens} + {args.response_tokens} tokens, micro-batches of {args.micro_batch_sequences} "
+          f"sequences, token-mean, fp32, {torch.get_num_threads()} threads")
+    # wall time, and this process's CPU time: with one thread the latter hardly moves when other jobs share the cores
+    times = {(name, clock): [] for name in ("ours", "bare") for clock in ("wall", "cpu")}
+    for round_index in range(args.repeats + 1):  # round 0 is the warm-up
+        for name, run in (("ours", run_ours), ("bare", run_bare)):
+            wall, cpu = time.perf_counter(), time.process_time()
+            grad_norm = run()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            print(f"  round {round_index}{' (warm-up)' if round_index == 0 else ''} {name}: wall {wall:6.2f} s, "
+                  f"cpu {cpu:6.2f} s, grad norm {grad_norm:.6f}", flush=True)
+            if round_index:
+                times[name, "wall"].append(wall)
+                times[name, "cpu"].append(cpu)
+    for clock in ("wall", "cpu"):
+        ours, bare = statistics.median(times["ours", clock]), statistics.median(times["bare", clock])
+        print(f"median of {args.repeats} ({clock} time): update_policy {ours:.2f} s, bare forward+backward+AdamW "
+              f"{bare:.2f} s, ratio {ours / bare:.3f} (goal <= 1.15)")
+
+
+# --- trl: one training step, ours vs TRL's GRPOTrainer ------------------------------------------------------
+
+def run_ours_steps(data_dir: Path, out_dir: Path, contexts: int, group_size: int, max_new_tokens: int, steps: int,
+                   threads: int) -> dict:
+    command = [sys.executable, str(REPO / "launch" / "train.py"), "--config", str(REPO / "launch/configs/tiny.yaml"),
+               f"--model.path={SHARED / 'models' / 'stories260K'}", f"--data.path={data_dir}",
+               f"--train.output_dir={out_dir}", f"--train.steps={steps}", f"--train.batch_size={contexts}",
+               f"--train.mini_batch_size={contexts}", f"--rollout.n={group_size}",
+               f"--rollout.max_response_tokens={max_new_tokens}",
+               "--grpo.dynamic_sampling_start_step=1000000",  # one generation round per step, as TRL does
+               "--train.save_every=0", "--train.export_hf=false", "--logging.eval_every=0",
+               "--logging.samples_every=0", "--logging.tensorboard=false"]
+    result = subprocess.run(command, env=subprocess_env(threads), capture_output=True, text=True, cwd=REPO)
+    if result.returncode != 0:
+        raise RuntimeError(f"our training run failed:\n{result.stderr[-4000:]}")
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    timed = rows[1:]  # step 1 is the warm-up
+    return {"step_seconds": statistics.median(r["perf/time_step"] for r in timed),
+            "generate_seconds": statistics.median(r["perf/time_generate"] for r in timed),
+            "update_seconds": statistics.median(r["perf/time_update"] for r in timed),
+            "completion_length": statistics.mean(r["rollout/response_len_mean"] for r in timed)}
+
+
+def trl_worker(spec_path: str) -> None:
+    """Run TRL's GRPOTrainer as the spec says; print the time of each optimizer step as one JSON line."""
+    import datasets
+    import trl
+    from transformers import TrainerCallback
+
+    from rpt.model import load_model, load_tokenizer
+
+    spec = json.loads(Path(spec_path).read_text())
+    contexts, group_size = spec["contexts"], spec["group_size"]
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.marks, self.logs = [], []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.marks.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.marks.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append(dict(logs or {}))
+
+    def length_reward(completions, **kwargs) -> list[float]:
+        return [float(len(completion)) for completion in completions]
+
+    config = trl.GRPOConfig(
+        output_dir=spec["output_dir"], report_to="none", use_vllm=False, bf16=False, use_cpu=True,
+        num_generations=group_size, per_device_train_batch_size=contexts * group_size,
+        gradient_accumulation_steps=1, max_steps=spec["steps"], max_completion_length=spec["max_new_tokens"],
+        temperature=0.8, learning_rate=1e-4, logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0,
+    )
+    timer = StepTimer()
+    trainer = trl.GRPOTrainer(
+        model=load_model(spec["model"], "float32", "sdpa"), reward_funcs=length_reward, args=config,
+        train_dataset=datasets.Dataset.from_list([{"prompt": prompt} for prompt in spec["prompts"]]),
+        processing_class=load_tokenizer(spec["model"]), callbacks=[timer],
+    )
+    trainer.train()
+    step_seconds = [b - a for a, b in zip(timer.marks, timer.marks[1:])]
+    lengths = [log["completions/mean_length"] for log in timer.logs if "completions/mean_length" in log]
+    print(json.dumps({"trl_version": trl.__version__, "step_seconds": step_seconds, "completion_lengths": lengths}))
+
+
+def run_trl_steps(data_dir: Path, out_dir: Path, contexts: int, group_size: int, max_new_tokens: int, steps: int,
+                  threads: int) -> dict:
+    from rpt.data import SampleStream
+    from rpt.model import load_tokenizer
+
+    tokenizer = load_tokenizer(SHARED / "models" / "stories260K")
+    # the contexts our run trains on, as text (TRL tokenizes its prompts itself and adds the BOS, as we do)
+    stream = SampleStream(data_dir, seed=0)
+    prompts = [tokenizer.decode(sample.context_ids) for sample in stream.next_batch(contexts * steps)]
+    spec = {"model": str(SHARED / "models" / "stories260K"), "prompts": prompts, "contexts": contexts,
+            "group_size": group_size, "max_new_tokens": max_new_tokens, "steps": steps, "output_dir": str(out_dir)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "spec.json").write_text(json.dumps(spec))
+    result = subprocess.run([sys.executable, __file__, "trl-worker", str(out_dir / "spec.json")],
+                            env=subprocess_env(threads), capture_output=True, text=True, cwd=REPO)
+    if result.returncode != 0:
+        raise RuntimeError(f"TRL's GRPOTrainer failed:\n{result.stderr[-4000:]}")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    timed = report["step_seconds"][1:]  # step 1 is the warm-up
+    return {"step_seconds": statistics.median(timed), "trl_version": report["trl_version"],
+            "completion_length": statistics.mean(report["completion_lengths"][1:])}
+
+
+def bench_trl(args) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench_trl_"))
+    data_dir = prepare_tiny_data(work / "data")
+    steps = args.steps + 1
+    print(f"one training step: stories260K, {args.contexts} contexts x G={args.group_size} per optimizer step, "
+          f"one process each, {args.threads} thread(s), median of {args.steps} steps after a warm-up step")
+    for max_new_tokens in args.max_new_tokens:
+        ours = run_ours_steps(data_dir, work / f"ours_{max_new_tokens}", args.contexts, args.group_size,
+                              max_new_tokens, steps, args.threads)
+        theirs = run_trl_steps(data_dir, work / f"trl_{max_new_tokens}", args.contexts, args.group_size,
+                               max_new_tokens, steps, args.threads)
+        print(f"  max new tokens {max_new_tokens}: ours {ours['step_seconds']:.3f} s/step (generate "
+              f"{ours['generate_seconds']:.3f}, update {ours['update_seconds']:.3f}; mean length "
+              f"{ours['completion_length']:.1f}), TRL {theirs['trl_version']} {theirs['step_seconds']:.3f} s/step "
+              f"(mean length {theirs['completion_length']:.1f}), "
+              f"ratio {ours['step_seconds'] / theirs['step_seconds']:.3f} (goal <= 0.5)", flush=True)
+
+
+# --- rss: peak per-rank RSS, 2 ranks vs 1 -----------------------------------------------------------------
+
+def build_random_llama(out_dir: Path, hidden: int, layers: int) -> tuple[Path, int]:
+    """A random LlamaForCausalLM with the stories260K tokenizer (vocab 512), so that the decoder blocks,
+    which FSDP shards, hold nearly all parameters. -> (directory, parameter count)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from rpt.model import load_tokenizer
+
+    tokenizer = load_tokenizer(SHARED / "models" / "stories260K")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 8 // 3,
+                         num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
+                         max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir, sum(p.numel() for p in model.parameters())
+
+
+def rss_worker(train_args: list[str]) -> None:
+    """Run launch/train.py in this process; print this rank's peak RSS per phase as one JSON line.
+
+    The phases are the calls of the trainer's building blocks (wrapped here, the trainer is unchanged), in
+    order, step by step; VmHWM is read and reset at every entry and exit, so each phase's peak is its own,
+    the stretches between calls are one more phase ("between"), and the largest peak is the process's."""
+    import runpy
+
+    import rpt.grpo.trainer as trainer
+
+    phases: list[tuple[str, float]] = []  # (name, peak MB) in the order they ran
+    current = ["imports"]
+
+    def cut(next_phase: str) -> None:
+        phases.append((current[0], read_status_mb("VmHWM")))
+        reset_peak_rss()
+        current[0] = next_phase
+
+    def timed_phase(name: str, function):
+        def wrapped(*args, **kwargs):
+            cut(name)
+            result = function(*args, **kwargs)
+            cut("between")
+            return result
+        return wrapped
+
+    original_build_engine = trainer.build_engine
+
+    def build_engine(*args, **kwargs):
+        engine = timed_phase("build engine", original_build_engine)(*args, **kwargs)
+        engine.update_weights = timed_phase("sync", engine.update_weights)
+        return engine
+
+    baseline_mb = read_status_mb("VmRSS")
+    trainer.build_policy = timed_phase("build policy", trainer.build_policy)
+    trainer.build_engine = build_engine
+    trainer.collect_rollouts = timed_phase("rollouts", trainer.collect_rollouts)
+    trainer.update_policy = timed_phase("update", trainer.update_policy)
+    sys.argv = [str(REPO / "launch" / "train.py"), *train_args]
+    runpy.run_path(str(REPO / "launch" / "train.py"), run_name="__main__")
+    cut("end")
+    print(json.dumps({"rank": int(os.environ.get("RANK", 0)), "baseline_mb": baseline_mb, "phases_mb": phases,
+                      "peak_mb": max(peak for _, peak in phases)}))
+
+
+def run_rss(train_args: list[str], nproc: int, threads: int) -> list[dict]:
+    env = subprocess_env(threads, MALLOC_MMAP_THRESHOLD_="65536")
+    launcher = [sys.executable] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    result = subprocess.run([*launcher, __file__, "rss-worker", *train_args], env=env, capture_output=True,
+                            text=True, cwd=REPO)
+    if result.returncode != 0:
+        raise RuntimeError(f"training with {nproc} process(es) failed:\n{result.stdout[-2000:]}\n"
+                           f"{result.stderr[-4000:]}")
+    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"rank"')]
+    return sorted(reports, key=lambda report: report["rank"])
+
+
+def bench_rss(args) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench_rss_"))
+    data_dir = prepare_tiny_data(work / "data")
+    model_dir, n_params = build_random_llama(work / "model", args.hidden, args.layers)
+    megabytes_per_param = n_params / 2**20
+    print(f"peak RSS per rank: random Llama {n_params / 1e6:.1f}M params (hidden {args.hidden}, {args.layers} "
+          f"layers, V=512), fp32, 2 steps, {args.contexts} contexts x G={args.group_size}, rollout.engine=hf, "
+          f"activation checkpointing {args.activation_checkpointing}, "
+          f"MALLOC_MMAP_THRESHOLD_=65536")
+    print(f"  expected: 1 process: params + grads + AdamW 16 B/param = {16 * megabytes_per_param:.0f} MB, "
+          f"engine copy 4 B/param = {4 * megabytes_per_param:.0f} MB; 2 ranks: shard {8 * megabytes_per_param:.0f} MB "
+          f"+ engine {4 * megabytes_per_param:.0f} MB; plus the process baseline")
+    results = {}
+    for nproc in (1, 2):
+        train_args = ["--config", str(REPO / "launch/configs/tiny.yaml"), f"--model.path={model_dir}",
+                      f"--data.path={data_dir}", f"--train.output_dir={work / f'out_{nproc}'}", "--train.steps=2",
+                      f"--train.batch_size={args.contexts}", f"--train.mini_batch_size={args.contexts}",
+                      f"--rollout.n={args.group_size}", "--rollout.engine=hf", "--rollout.max_response_tokens=4",
+                      "--train.save_every=0", "--train.export_hf=false", "--logging.eval_every=0",
+                      "--logging.samples_every=0", "--logging.tensorboard=false",
+                      f"--model.activation_checkpointing={str(args.activation_checkpointing).lower()}"]
+        results[nproc] = run_rss(train_args, nproc, args.threads)
+        for report in results[nproc]:
+            named = [(name, mb) for name, mb in report["phases_mb"] if name != "between"]
+            between = max(mb for name, mb in report["phases_mb"] if name == "between")
+            print(f"  {nproc} rank(s), rank {report['rank']}: peak {report['peak_mb']:.0f} MB (after imports "
+                  f"{report['baseline_mb']:.0f} MB); peak per phase in order (MB): "
+                  + ", ".join(f"{name} {mb:.0f}" for name, mb in named) + f"; between phases at most {between:.0f}",
+                  flush=True)
+    single = results[1][0]["peak_mb"]
+    worst = max(report["peak_mb"] for report in results[2])
+    mean = statistics.mean(report["peak_mb"] for report in results[2])
+    print(f"ratio 2 ranks / 1: worst rank {worst / single:.3f}, mean of ranks {mean / single:.3f} (goal <= 0.6)")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "trl-worker":
+        return trl_worker(sys.argv[2])
+    if len(sys.argv) > 1 and sys.argv[1] == "rss-worker":
+        return rss_worker(sys.argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of every process")
+    commands = parser.add_subparsers(dest="command", required=True)
+    update = commands.add_parser("update", help="update_policy vs bare forward+backward+AdamW")
+    update.add_argument("--contexts", type=int, default=8)
+    update.add_argument("--group-size", type=int, default=8)
+    update.add_argument("--prompt-tokens", type=int, default=96)
+    update.add_argument("--response-tokens", type=int, default=32)
+    update.add_argument("--micro-batch-sequences", type=int, default=16,
+                        help="sequences per forward/backward, both sides (the bare one holds (n, T, V) logits)")
+    update.add_argument("--hidden", type=int, default=256)
+    update.add_argument("--layers", type=int, default=4)
+    update.add_argument("--heads", type=int, default=4)
+    update.add_argument("--repeats", type=int, default=3)
+    trl = commands.add_parser("trl", help="one training step, ours vs TRL's GRPOTrainer")
+    trl.add_argument("--contexts", type=int, default=16)
+    trl.add_argument("--group-size", type=int, default=8)
+    trl.add_argument("--max-new-tokens", type=int, nargs="+", default=[1, 8])
+    trl.add_argument("--steps", type=int, default=5, help="timed steps, after one warm-up step")
+    rss = commands.add_parser("rss", help="peak per-rank RSS, 2 ranks vs 1")
+    rss.add_argument("--hidden", type=int, default=768)
+    rss.add_argument("--layers", type=int, default=12)
+    rss.add_argument("--contexts", type=int, default=2)
+    rss.add_argument("--group-size", type=int, default=2)
+    rss.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                     help="the config default; without it activations of the small batch add ~0.5 GB per process")
+    args = parser.parse_args()
+    {"update": bench_update, "trl": bench_trl, "rss": bench_rss}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
