@@ -144,8 +144,12 @@ class PolicyLogprobs(torch.nn.Module):
         temperature: float = 1.0,
         chunk_size: int = 1024,
         return_entropy: bool = False,
+        loss_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """input_ids, position_ids, targets: (N, T) or packed (1, total_T) -> log-probs (and entropy) of that shape.
+
+        loss_mask: same shape, bool; when given, the lm_head runs on the masked positions only (the response
+        tokens: prompts are most of a packed row) and the other positions hold 0.
 
         Packed rows hold several sequences whose position_ids restart at 0; transformers (5.x, sdpa, eager
         and flash_attention_2) then masks attention block-diagonally, but only when attention_mask is None
@@ -155,7 +159,14 @@ class PolicyLogprobs(torch.nn.Module):
         decoder_output = self.model.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False)
         hidden = decoder_output.last_hidden_state  # (N, T, H)
         lm_head_weight = self.model.get_output_embeddings().weight  # (V, H)
-        return token_logprobs(hidden, lm_head_weight, targets, temperature, chunk_size, return_entropy)
+        if loss_mask is None:
+            return token_logprobs(hidden, lm_head_weight, targets, temperature, chunk_size, return_entropy)
+        selected = token_logprobs(hidden[loss_mask][None], lm_head_weight, targets[loss_mask][None], temperature,
+                                  chunk_size, return_entropy)  # (1, M) each, M = loss positions
+        selected = selected if return_entropy else (selected,)
+        placed = [torch.zeros(loss_mask.shape, dtype=v.dtype, device=v.device).masked_scatter(loss_mask, v[0])
+                  for v in selected]  # (N, T) each, differentiable
+        return tuple(placed) if return_entropy else placed[0]
 
     def next_token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                           position_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -211,7 +211,7 @@ def sequence_logprobs(policy, prompts: list[list[int]], responses: list[list[int
             continue
         mb = mb.to(device)
         logp = policy(mb.input_ids, mb.position_ids, mb.targets, temperature=temperature,
-                      chunk_size=cfg.grpo.logprob_chunk_size)  # (R, L)
+                      chunk_size=cfg.grpo.logprob_chunk_size, loss_mask=mb.loss_mask)  # (R, L)
         per_token = logp[mb.loss_mask].float().cpu()
         offsets = [len(responses[i]) for i in mb.sequence_indices]
         for i, values in zip(mb.sequence_indices, per_token.split(offsets)):
@@ -255,7 +255,8 @@ def update_policy(policy, optimizer, groups: list[Group], adv: torch.Tensor, cfg
             mb = mb.to(device)
             want_entropy = cfg.grpo.entropy_coef > 0 or cfg.logging.entropy
             out = policy(mb.input_ids, mb.position_ids, mb.targets, temperature=cfg.rollout.temperature,
-                         chunk_size=cfg.grpo.logprob_chunk_size, return_entropy=want_entropy)
+                         chunk_size=cfg.grpo.logprob_chunk_size, return_entropy=want_entropy,
+                         loss_mask=mb.loss_mask)  # the lm_head runs on response positions only
             logp, entropy = out if want_entropy else (out, None)  # (R, L)
             behavior_logp = mb.place_response_values(mb_behavior)  # (R, L)
             old_logp = mb.place_response_values(mb_old) if mb_old else logp.detach()  # (R, L)

@@ -101,3 +101,33 @@ def test_tiny_model_matches_logits_path(tiny_qwen2_dir):
     torch.testing.assert_close(entropy, naive_entropy, atol=1e-5, rtol=2e-6)  # entropy ~ log V ~ 12
     for name, p in model.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_loss_mask_runs_the_lm_head_on_masked_positions_only(tiny_qwen2_dir):
+    """With loss_mask the masked positions' values and every gradient equal the unmasked path's (loss taken
+    over the same positions); the other positions are 0."""
+    torch.manual_seed(0)
+    model = load_model(tiny_qwen2_dir)
+    policy = PolicyLogprobs(model)
+    input_ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    targets = torch.randint(0, model.config.vocab_size, (2, 12))
+    position_ids = torch.arange(12).expand(2, 12)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[0, 7:] = True
+    mask[1, 3:5] = True
+    weights = torch.randn(2, 12)
+
+    def loss_and_grads(**kwargs):
+        model.zero_grad()
+        logp, entropy = policy(input_ids, position_ids, targets, temperature=0.8, chunk_size=3,
+                               return_entropy=True, **kwargs)
+        (torch.where(mask, weights * logp + 0.1 * entropy, 0.0)).sum().backward()
+        return logp, entropy, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    full_logp, full_entropy, full_grads = loss_and_grads()
+    logp, entropy, grads = loss_and_grads(loss_mask=mask)
+    torch.testing.assert_close(logp[mask], full_logp[mask], atol=1e-6, rtol=0)
+    torch.testing.assert_close(entropy[mask], full_entropy[mask], atol=1e-5, rtol=0)
+    assert (logp[~mask] == 0).all() and (entropy[~mask] == 0).all()
+    for name in grads:
+        torch.testing.assert_close(grads[name], full_grads[name], atol=1e-6, rtol=1e-5, msg=name)
