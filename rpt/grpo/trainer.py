@@ -58,10 +58,8 @@ def build_engine(cfg: Config, tokenizer, device: torch.device) -> Engine:
         # a plain copy per rank, refreshed by update_weights: fine for the small models this engine serves
         copy = load_model(cfg.model.path, "float32", cfg.model.attn_implementation, device=device)
         return HFEngine(copy, eos_ids, tokenizer.pad_token_id)
-    try:
-        from rpt.rollout.vllm_engine import VLLMEngine
-    except ImportError as error:
-        raise ImportError(f"rollout.engine=vllm needs vLLM: pip install -e .[vllm] (GPU) or .[cpu] ({error})")
+    from rpt.rollout.vllm_engine import VLLMEngine  # without vllm: an ImportError naming the install extra
+
     return VLLMEngine(
         cfg.model.path, eos_ids, dtype=cfg.model.param_dtype if device.type == "cuda" else "float32",
         tensor_parallel_size=cfg.rollout.tensor_parallel_size, seed=cfg.train.seed,

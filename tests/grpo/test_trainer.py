@@ -137,3 +137,15 @@ def test_dense_reward_gets_the_policys_first_token_probability(tiny_data_dir, st
         expected = torch.softmax(model(context).logits[0, -1], -1)[first].item()
         assert abs(kwargs["first_token_probs"][i] - expected) < 1e-5
     assert 0 < history[0]["rollout/reward_mean"] <= 1
+
+
+def test_several_updates_per_step_fix_old_logprobs_first(tiny_data_dir, tmp_path, monkeypatch):
+    """mini_batch_size < batch_size: two optimizer updates per step. The second must see ratios != 1 against
+    old log-probs taken before the first update (with detached current log-probs the KL to old would be 0)."""
+    monkeypatch.delenv("RANK", raising=False)
+    argv = overrides(tiny_data_dir, tmp_path, steps=2, **{"train.mini_batch_size": 2, "train.export_hf": False,
+                                                           "rollout.max_response_tokens": 1})
+    history = trainer.train(load_config(argv[1], argv[2:]))
+    moved = [h for h in history if h["train/grad_norm"] > 0]
+    assert moved, "no reward spread in 2 steps: nothing to check"
+    assert all(h["train/approx_kl_old"] > 0 and h["train/ratio_mean"] != 1.0 for h in moved)
