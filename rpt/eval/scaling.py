@@ -108,7 +108,8 @@ def read_points(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def read_points_from_run(run_dir: str | Path, x_axis: str = "compute") -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(x, accuracy) points per eval series from a run directory's TensorBoard event files.
+    """(x, accuracy) points per eval series from a run directory's TensorBoard event files (the trainer
+    writes them to `<train.output_dir>/tensorboard`; a directory holding the event files works too).
 
     Every scalar tag under `eval/` ending in `_acc` is one series, named by the tag without `eval/`
     (e.g. "easy/standard_acc"). x_axis="compute" pairs each eval step with the latest `perf/train_compute`
@@ -116,7 +117,9 @@ def read_points_from_run(run_dir: str | Path, x_axis: str = "compute") -> dict[s
     """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every event
+    run_dir = Path(run_dir)
+    events_dir = run_dir / "tensorboard" if (run_dir / "tensorboard").is_dir() else run_dir
+    accumulator = EventAccumulator(str(events_dir), size_guidance={"scalars": 0})  # 0: keep every event
     accumulator.Reload()
     tags = accumulator.Tags()["scalars"]
     eval_tags = [tag for tag in tags if tag.startswith("eval/") and tag.endswith("_acc")]

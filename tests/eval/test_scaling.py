@@ -77,10 +77,11 @@ def test_read_points_csv_and_json_agree(tmp_path):
         np.testing.assert_array_equal(points["hard"][1], [0.1])
 
 
-def test_read_points_from_tensorboard_run(tmp_path):
+@pytest.mark.parametrize("events_subdir", ["", "tensorboard"])  # event files given directly, or a trainer run dir
+def test_read_points_from_tensorboard_run(tmp_path, events_subdir):
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(tmp_path))
+    writer = SummaryWriter(str(tmp_path / events_subdir))
     for step in range(1, 7):
         writer.add_scalar("perf/train_compute", 10.0 * step, step)  # cumulative compute, every step
     for step in (0, 2, 4, 6):  # eval before training and every 2 steps
