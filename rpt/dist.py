@@ -48,19 +48,16 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(seed + rank)
 
 
-def all_reduce_mean(values: dict[str, float | torch.Tensor]) -> dict[str, float]:
-    """Average scalar metrics over ranks in one collective; returns Python floats."""
-    keys = sorted(values)
-    stacked = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-    if dist.is_initialized():
-        stacked = stacked.to(_collective_device())
-        dist.all_reduce(stacked)  # every rank must pass the same keys
-        stacked = stacked.cpu() / dist.get_world_size()
-    return dict(zip(keys, stacked.tolist()))
+def all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """Reduce a CPU tensor over all ranks and return it on the CPU (identity without a process group).
 
-
-def _collective_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    nccl only reduces CUDA tensors, so under nccl the values take a round trip through the GPU."""
+    if not dist.is_initialized():
+        return tensor
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
+    reduced = tensor.to(device)
+    dist.all_reduce(reduced, op=op)
+    return reduced.cpu()
 
 
 def cleanup() -> None:

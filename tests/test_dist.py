@@ -3,7 +3,7 @@ import json
 
 import torch
 
-from rpt.dist import all_reduce_mean, get_world_size, init_distributed, seed_everything
+from rpt.dist import all_reduce, get_world_size, init_distributed, seed_everything
 from tests.conftest import REPO, run_torchrun
 
 
@@ -12,7 +12,7 @@ def test_single_process_fallback(monkeypatch):
     rank, world_size, device = init_distributed()
     assert (rank, world_size, device.type) == (0, 1, "cpu")
     assert get_world_size() == 1
-    assert all_reduce_mean({"a": 2.0, "b": torch.tensor(3.0)}) == {"a": 2.0, "b": 3.0}
+    assert all_reduce(torch.tensor([2.0, 3.0])).tolist() == [2.0, 3.0]
 
 
 def test_two_ranks_gloo():
@@ -20,7 +20,7 @@ def test_two_ranks_gloo():
     line = [l for l in result.stdout.splitlines() if l.startswith("{")][-1]
     out = json.loads(line)
     assert out["world_size"] == 2 and out["device"] == "cpu"
-    assert out["mean_rank"] == 0.5 and out["one"] == 1.0
+    assert out["sum"] == [1.0, 2.0] and out["max"] == [1.0] and out["reduced_on"] == "cpu"
     seed_everything(123, 0)
     first = torch.rand(1).item()
     seed_everything(123, 1)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from rpt.data.prompts import build_prompt_ids
 from rpt.data.sample import Sample
 from rpt.data.samples_io import read_samples
+from rpt.dist import all_reduce
 from rpt.reward import compute_rewards, token_bytes, token_text
 from rpt.rollout.engine import Completion, Engine, SamplingParams
 
@@ -215,11 +216,7 @@ def reduce_split_results(results: dict[str, SplitResult], counted: bool = True) 
     totals = torch.tensor([results[split].sums[metric] for split, metric in keys]
                           + [results[split].num_samples for split in results], dtype=torch.float64)
     totals = totals if counted else torch.zeros_like(totals)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        totals = totals.to(device)
-        dist.all_reduce(totals)  # sums of correct answers and of counts: exact, rank-count independent
-        totals = totals.cpu()
+    totals = all_reduce(totals)  # sums of correct answers and of counts: exact, rank-count independent
     sums, num_samples = totals[:len(keys)].tolist(), totals[len(keys):].tolist()
     split_counts = dict(zip(results, num_samples))
     metrics = {f"{split}/{metric}": value / split_counts[split] if split_counts[split] else 0.0

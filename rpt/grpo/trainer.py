@@ -26,7 +26,7 @@ from rpt.config import Config, save_config
 from rpt.data import SampleStream, build_prompt_ids
 from rpt.data.prompts import special_prefix_ids
 from rpt.data.sample import Sample
-from rpt.dist import init_distributed, print0, seed_everything
+from rpt.dist import all_reduce, init_distributed, print0, seed_everything
 from rpt.fsdp import build_policy, clip_grad_norm, export_hf, iter_full_weights, latest_checkpoint, \
     load_checkpoint, move_optimizer_state, save_checkpoint
 from rpt.grpo.advantages import compute_advantages
@@ -91,12 +91,6 @@ def sample_seed(base_seed: int, step: int, round_index: int, sample: Sample) -> 
             + sample.position) % (2**31 - 1)
 
 
-def all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(tensor, op=op)
-    return tensor
-
-
 # --- rollouts ------------------------------------------------------------------------------------------------
 
 def generate_groups(engine: Engine, tokenizer, samples: list[Sample], cfg: Config, step: int,
@@ -119,7 +113,8 @@ def score_groups(groups: list[Group], tokenizer, policy, cfg: Config, device) ->
     """-> rewards (B, G); fills each group's diagnostics."""
     g = cfg.rollout.n
     responses = [r for group in groups for r in group.responses]  # N = B * G
-    continuations = [token_bytes(tokenizer, group.sample.continuation_ids) for group in groups for _ in range(g)]
+    pieces = [token_bytes(tokenizer, group.sample.continuation_ids) for group in groups]  # once per context
+    continuations = [group_pieces for group_pieces in pieces for _ in range(g)]  # N, shared by the G samples
     extra = {}
     if cfg.reward.kind != "prefix_match":
         if cfg.reward.extraction == "raw":  # the first generated token is the prediction's first token
@@ -238,6 +233,7 @@ def update_policy(policy, optimizer, groups: list[Group], adv: torch.Tensor, cfg
             ("loss", "pg_loss", "clip_frac", "approx_kl_old", "ratio_mean", "entropy", "mismatch_sum", "tis_weight")}
     mismatch_max = torch.zeros(())
     grad_norms, skipped = [], 0
+    want_entropy = cfg.grpo.entropy_coef > 0 or cfg.logging.entropy
     chunks = [list(range(len(prompts)))[i::n_minibatches] for i in range(n_minibatches)]
     for seq_ids in chunks:
         mb_prompts, mb_responses = [prompts[i] for i in seq_ids], [responses[i] for i in seq_ids]
@@ -251,7 +247,6 @@ def update_policy(policy, optimizer, groups: list[Group], adv: torch.Tensor, cfg
                 (_dummy_forward(policy, device).sum() * 0.0).backward()
                 continue
             mb = mb.to(device)
-            want_entropy = cfg.grpo.entropy_coef > 0 or cfg.logging.entropy
             out = policy(mb.input_ids, mb.position_ids, mb.targets, temperature=cfg.rollout.temperature,
                          chunk_size=cfg.grpo.logprob_chunk_size, return_entropy=want_entropy,
                          loss_mask=mb.loss_mask)  # the lm_head runs on response positions only
@@ -295,7 +290,8 @@ def train(cfg: Config) -> list[dict]:
     rank, world_size, device = init_distributed()
     tp = cfg.rollout.tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
     dp_rank, dp_size = rank // tp, world_size // tp
-    if cfg.train.batch_size % (dp_size * cfg.train.batch_size // cfg.train.mini_batch_size):
+    n_minibatches = cfg.train.batch_size // cfg.train.mini_batch_size
+    if cfg.train.batch_size % (dp_size * n_minibatches):
         raise ValueError(f"train.batch_size={cfg.train.batch_size} must split evenly over {dp_size} "
                          "data-parallel ranks and the mini-batches")
     contexts_per_rank = cfg.train.batch_size // dp_size

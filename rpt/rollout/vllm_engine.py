@@ -161,13 +161,6 @@ class VLLMEngine:
         logprobs = [step[token].logprob for step, token in zip(sample.logprobs, token_ids)]
         return Completion(token_ids=token_ids, logprobs=logprobs, finish_reason=sample.finish_reason)
 
-    @staticmethod
-    def sampled_logprobs(completions: list[list[Completion]]) -> list[list[float]]:
-        """The engine side of the training-inference mismatch metric: B lists of G completions -> N = B*G
-        lists of the sampled tokens' log-probs, in completion order; the trainer compares them with its own
-        log-probs of the same tokens (mean and max |logp_vllm - logp_trainer| over response tokens)."""
-        return [completion.logprobs for group in completions for completion in group]
-
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
                        reset_prefix_cache: bool = True) -> None:

@@ -78,13 +78,17 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda h: token_logprobs(h, frozen_weight, targets, 0.7, 4), (hidden,))
 
 
-def test_tiny_model_matches_logits_path(tiny_qwen2_dir):
+def tiny_policy_batch(model_dir):
+    """The tiny Qwen2, its PolicyLogprobs wrapper and a fixed (2, 12) batch: ids, targets, positions."""
     torch.manual_seed(0)
-    model = load_model(tiny_qwen2_dir)
-    policy = PolicyLogprobs(model)
+    model = load_model(model_dir)
     input_ids = torch.randint(0, model.config.vocab_size, (2, 12))
     targets = torch.randint(0, model.config.vocab_size, (2, 12))
-    position_ids = torch.arange(12).expand(2, 12)
+    return model, PolicyLogprobs(model), input_ids, targets, torch.arange(12).expand(2, 12)
+
+
+def test_tiny_model_matches_logits_path(tiny_qwen2_dir):
+    model, policy, input_ids, targets, position_ids = tiny_policy_batch(tiny_qwen2_dir)
 
     logp, entropy = policy(input_ids, position_ids, targets, temperature=0.8, chunk_size=5, return_entropy=True)
     (logp.sum() + 0.5 * entropy.sum()).backward()
@@ -106,12 +110,7 @@ def test_tiny_model_matches_logits_path(tiny_qwen2_dir):
 def test_loss_mask_runs_the_lm_head_on_masked_positions_only(tiny_qwen2_dir):
     """With loss_mask the masked positions' values and every gradient equal the unmasked path's (loss taken
     over the same positions); the other positions are 0."""
-    torch.manual_seed(0)
-    model = load_model(tiny_qwen2_dir)
-    policy = PolicyLogprobs(model)
-    input_ids = torch.randint(0, model.config.vocab_size, (2, 12))
-    targets = torch.randint(0, model.config.vocab_size, (2, 12))
-    position_ids = torch.arange(12).expand(2, 12)
+    model, policy, input_ids, targets, position_ids = tiny_policy_batch(tiny_qwen2_dir)
     mask = torch.zeros(2, 12, dtype=torch.bool)
     mask[0, 7:] = True
     mask[1, 3:5] = True

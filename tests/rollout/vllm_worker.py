@@ -45,7 +45,7 @@ def reference_logprobs(model, prompt: list[int], completion: list[int], temperat
 
 
 def max_logprob_diff(model, prompts, completions, temperature: float) -> float:
-    logp_engine = VLLMEngine.sampled_logprobs(completions)  # N lists
+    logp_engine = [completion.logprobs for group in completions for completion in group]  # N lists
     logp_reference = [reference_logprobs(model, prompt, c.token_ids, temperature).tolist()
                       for prompt, group in zip(prompts, completions) for c in group]
     return max(abs(a - b) for engine_row, reference_row in zip(logp_engine, logp_reference)

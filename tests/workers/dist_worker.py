@@ -1,19 +1,20 @@
-"""Run under torchrun by tests/test_dist.py: checks rank/world/device, all_reduce_mean and per-rank seeds."""
+"""Run under torchrun by tests/test_dist.py: checks rank/world/device, all_reduce (sum and max, back on the CPU) and per-rank seeds."""
 import json
 import sys
 
 import torch
 
-from rpt.dist import all_reduce_mean, cleanup, get_rank, init_distributed, print0, seed_everything
+from rpt.dist import all_reduce, cleanup, get_rank, init_distributed, print0, seed_everything
 
 rank, world_size, device = init_distributed()
 assert get_rank() == rank
 seed_everything(123, rank)
 draw = torch.rand(1).item()
-mean = all_reduce_mean({"rank": rank, "one": 1.0})
+total = all_reduce(torch.tensor([float(rank), 1.0]))
+largest = all_reduce(torch.tensor([float(rank)]), torch.distributed.ReduceOp.MAX)
 gathered = [None] * world_size
 torch.distributed.all_gather_object(gathered, draw)
-print0(json.dumps({"world_size": world_size, "device": str(device), "mean_rank": mean["rank"],
-                   "one": mean["one"], "draws": gathered}))
+print0(json.dumps({"world_size": world_size, "device": str(device), "sum": total.tolist(),
+                   "max": largest.tolist(), "reduced_on": str(total.device), "draws": gathered}))
 cleanup()
 sys.exit(0)
