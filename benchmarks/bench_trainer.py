@@ -71,7 +71,7 @@ def prepare_tiny_data(out: Path) -> Path:
 def synthetic_groups(contexts: int, group_size: int, prompt_tokens: int, response_tokens: int, vocab: int):
     """B groups of G completions with random token ids, zero engine log-probs, and random advantages (B, G)."""
     from rpt.data.sample import Sample
-    from rpt.grpo.trainer import Group
+    from rpt.rollout.groups import Group
     from rpt.rollout.engine import Completion
 
     generator = torch.Generator().manual_seed(0)
@@ -104,7 +104,7 @@ def bare_step(model, optimizer, micro_batches, temperature: float, grad_clip: fl
 def bench_update(args) -> None:
     from rpt.config import Config
     from rpt.fsdp import build_policy
-    from rpt.grpo.trainer import update_policy
+    from rpt.update import update_policy
     from rpt.model import build_tiny_qwen2, load_model
 
     torch.set_num_threads(args.threads)
@@ -306,7 +306,7 @@ def rss_worker(train_args: list[str]) -> None:
     the stretches between calls are one more phase ("between"), and the largest peak is the process's."""
     import runpy
 
-    import rpt.grpo.trainer as trainer
+    import rpt.train as trainer
 
     phases: list[tuple[str, float]] = []  # (name, peak MB) in the order they ran
     current = ["imports"]

@@ -5,10 +5,10 @@ accuracy  next-token accuracy on the easy/medium/hard splits of a prepared data 
           (argmax of one forward pass) and/or next-token reasoning (sampled through the rollout engine,
           scored with the prefix-matching reward); prints Table 1, writes accuracy.json and the per-sample
           predictions / responses (jsonl) to --out.
-    python launch/evaluate.py accuracy --model runs/rpt/hf --data runs/tiny_data --mode standard reasoning \\
-        --engine hf --num-samples 8 --pass-k 8 --out runs/eval_rpt
-    torchrun --nproc_per_node=8 launch/evaluate.py accuracy --model DIR --data DIR --mode reasoning \\
-        --engine vllm --out runs/eval_rpt          # each rank its share; the numbers match 1 process
+    python launch/evaluate.py accuracy --config runs/tiny/config.yaml --model.path=runs/tiny/hf \\
+        --mode standard reasoning --num-samples 8 --pass-k 8 --out runs/eval_tiny
+    torchrun --nproc_per_node=8 launch/evaluate.py accuracy --config launch/configs/rpt_14b.yaml \\
+        --model.path=DIR --data.path=DIR --mode reasoning --out runs/eval_rpt   # the numbers match 1 process
 table     several accuracy.json files as one Table 1 (one row per file and mode)
     python launch/evaluate.py table runs/eval_base/accuracy.json runs/eval_rpt/accuracy.json
 fit       P(C) = P* - A * C^(-alpha) per split (Figure 5) from a csv/json of points or a training run's
@@ -30,40 +30,41 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
-def build_engine(kind: str, model, model_path: str, tokenizer, args):
-    """The rollout engine of the reasoning mode: the transformers engine on the loaded model, or vLLM."""
-    if kind == "hf":
-        from rpt.rollout.hf_engine import HFEngine
+def run_accuracy(args, overrides: list[str]) -> None:
+    import dataclasses
 
-        return HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    from rpt.rollout.vllm_engine import VLLMEngine
-
-    return VLLMEngine(model_path, tokenizer.eos_token_id, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
-                      seed=args.seed, max_model_len=args.max_model_len,
-                      gpu_memory_utilization=args.gpu_memory_utilization,
-                      kv_cache_memory_bytes=args.kv_cache_memory_bytes, enforce_eager=args.enforce_eager,
-                      sleep_level=0)  # evaluation never trains: nothing to make room for
-
-
-def run_accuracy(args) -> None:
     import torch.distributed as dist
 
+    from rpt.config import ConfigError, load_config
     from rpt.data.samples_io import read_samples
     from rpt.dist import init_distributed, print0
     from rpt.eval.accuracy import (data_parallel_layout, evaluate_split, format_accuracy_table,
                                    reduce_split_results, select_evenly)
     from rpt.model import load_model, load_tokenizer
+    from rpt.train import build_engine, prompt_settings, sampling_params
 
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as error:
+        raise SystemExit(f"config error: {error}") from None
+    # evaluation never trains: the engine keeps its memory (no sleep), the model its dtype
+    cfg.rollout.sleep_level = 0
     rank, world_size, device = init_distributed()
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path)
     model = None
-    if "standard" in args.mode or args.engine == "hf":  # vLLM loads its own copy of the weights
-        model = load_model(args.model, dtype=args.dtype, device=device)
+    if "standard" in args.mode:
+        # bf16 where the GPU run computes in it, fp32 on CPU (no bf16 matmul instructions there)
+        model = load_model(cfg.model.path, dtype=cfg.model.param_dtype if device.type == "cuda" else "float32",
+                           attn_implementation=cfg.model.attn_implementation, device=device)
         model.eval()
-    engine = build_engine(args.engine, model, args.model, tokenizer, args) if "reasoning" in args.mode else None
-    name = args.name or Path(args.model).resolve().name
-    settings = {key: value for key, value in vars(args).items() if key != "func"}
-    summary = {"name": name, "model": str(args.model), "data": str(args.data), "settings": settings, "results": {}}
+    engine = build_engine(cfg, tokenizer, device) if "reasoning" in args.mode else None
+    name = args.name or Path(cfg.model.path).resolve().name
+    settings = {"config": args.config, "overrides": overrides,
+                **{key: value for key, value in vars(args).items() if key not in ("func", "config")}}
+    summary = {"name": name, "model": str(cfg.model.path), "data": str(cfg.data.path), "settings": settings,
+               "config": {section: dataclasses.asdict(getattr(cfg, section)) for section in ("data", "rollout",
+                                                                                               "reward")},
+               "results": {}}
     out_dir = Path(args.out) if args.out else None
     if out_dir and rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,15 +72,13 @@ def run_accuracy(args) -> None:
         shard, num_shards, counted = data_parallel_layout(engine, mode)
         results, records = {}, []
         for split in args.splits:
-            samples = select_evenly(read_samples(args.data, split), args.max_samples)
+            samples = select_evenly(read_samples(cfg.data.path, split), args.max_samples)
             print0(f"{mode} / {split}: {len(samples)} samples over {num_shards} shard(s)")
             results[split] = evaluate_split(
                 model, tokenizer, engine, samples, mode, rank=shard, world_size=num_shards,
-                batch_size=args.batch_size, template=args.template, chat=args.chat,
-                think_prefill=args.think_prefill, response_prefill=args.response_prefill,
-                extraction=args.extraction, num_samples=args.num_samples, pass_k=tuple(args.pass_k),
-                temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed,
-                show_progress=rank == 0)
+                batch_size=args.batch_size, prompt=prompt_settings(cfg),
+                sampling=sampling_params(cfg, n=args.num_samples), extraction=cfg.reward.extraction,
+                pass_k=tuple(args.pass_k), seed=cfg.train.seed, show_progress=rank == 0)
             if counted:
                 records += [{"split": split, **record} for record in results[split].records]
         summary["results"][mode] = reduce_split_results(results, counted)
@@ -193,35 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    accuracy = commands.add_parser("accuracy", help="next-token accuracy by difficulty split (Table 1)")
-    accuracy.add_argument("--model", required=True, help="local HF model directory")
-    accuracy.add_argument("--tokenizer", default="", help="tokenizer directory (default: --model)")
-    accuracy.add_argument("--data", required=True, help="directory written by launch/prepare_data.py")
+    accuracy = commands.add_parser(
+        "accuracy", help="next-token accuracy by difficulty split (Table 1)",
+        description="Model, data, prompt, rollout and reward settings come from --config (a preset or a run's "
+                    "saved config.yaml) and --section.key=value overrides, exactly as in training.")
+    accuracy.add_argument("--config", required=True, help="a preset or a run's config.yaml")
     accuracy.add_argument("--splits", nargs="+", default=["easy", "medium", "hard"])
     accuracy.add_argument("--mode", nargs="+", choices=["standard", "reasoning"], default=["standard"])
-    accuracy.add_argument("--max-samples", type=int, default=0, help="first N samples of each split (0: all)")
+    accuracy.add_argument("--max-samples", type=int, default=0, help="N samples evenly spaced over each split "
+                                                                     "(0: all)")
     accuracy.add_argument("--batch-size", type=int, default=16, help="contexts per forward / generate call")
-    accuracy.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    accuracy.add_argument("--num-samples", type=int, default=1, help="reasoning: responses per context (n)")
+    accuracy.add_argument("--pass-k", type=int, nargs="*", default=[], help="reasoning: Pass@k for these k <= n")
     accuracy.add_argument("--name", default="", help="row name in the table (default: the model directory)")
     accuracy.add_argument("--out", default="", help="directory for accuracy.json and per-sample jsonl")
-    reasoning = accuracy.add_argument_group("reasoning mode (the training config's data/rollout/reward values)")
-    reasoning.add_argument("--engine", choices=["hf", "vllm"], default="hf")
-    reasoning.add_argument("--template", default="v0", help="prompt template v0..v6 (Table 10) or raw")
-    reasoning.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True)
-    reasoning.add_argument("--think-prefill", action=argparse.BooleanOptionalAction, default=True)
-    reasoning.add_argument("--response-prefill", default="")
-    reasoning.add_argument("--extraction", choices=["boxed", "raw"], default="boxed")
-    reasoning.add_argument("--num-samples", type=int, default=1, help="responses per context (n)")
-    reasoning.add_argument("--pass-k", type=int, nargs="*", default=[], help="report Pass@k for these k <= n")
-    reasoning.add_argument("--temperature", type=float, default=0.8)
-    reasoning.add_argument("--top-p", type=float, default=1.0)
-    reasoning.add_argument("--max-tokens", type=int, default=8192, help="max response tokens")
-    reasoning.add_argument("--seed", type=int, default=0)
-    reasoning.add_argument("--max-model-len", type=int, default=12288, help="vllm: prompt + response tokens")
-    reasoning.add_argument("--tensor-parallel-size", type=int, default=1)
-    reasoning.add_argument("--gpu-memory-utilization", type=float, default=0.8)
-    reasoning.add_argument("--kv-cache-memory-bytes", type=int, default=0, help="vllm KV cache (needed on CPU)")
-    reasoning.add_argument("--enforce-eager", action="store_true")
     accuracy.set_defaults(func=run_accuracy)
 
     table = commands.add_parser("table", help="several accuracy.json files as one Table 1")
@@ -250,7 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args, overrides = build_parser().parse_known_args(argv)
+    if args.command == "accuracy":
+        return run_accuracy(args, overrides)  # the unknown arguments are --section.key=value overrides
+    if overrides:
+        raise SystemExit(f"unrecognized arguments: {' '.join(overrides)}")
     if args.command == "patterns" and len(args.files) > 2:
         raise SystemExit("patterns takes one file, or two to compare")
     args.func(args)

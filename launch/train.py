@@ -35,7 +35,7 @@ def main(argv: list[str]) -> None:
     except ConfigError as error:
         sys.exit(f"config error: {error}")
     from rpt.dist import cleanup
-    from rpt.grpo.trainer import train
+    from rpt.train import train
 
     train(cfg)
     cleanup()

@@ -60,6 +60,18 @@ def all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     return reduced.cpu()
 
 
+def reduce_metrics(values: dict[str, "torch.Tensor | float"], op=dist.ReduceOp.SUM) -> dict[str, float]:
+    """Reduce a dict of scalar metrics over ranks in one collective -> {name: float}.
+
+    Values may be device tensors accumulated without host syncs; the one sync is the final read. Sums are
+    taken in float64 so counts and token totals stay exact."""
+    keys = sorted(values)
+    device = next((v.device for v in values.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    stacked = torch.stack([torch.as_tensor(values[k], dtype=torch.float64, device=device).reshape(())
+                           for k in keys])  # (K,)
+    return dict(zip(keys, all_reduce(stacked, op).tolist()))
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

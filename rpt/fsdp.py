@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 
-from rpt.grpo.logprobs import PolicyLogprobs
+from rpt.policy import PolicyLogprobs
 from rpt.model import DTYPES, load_model
 
 

@@ -31,8 +31,8 @@ from rpt.data.prompts import build_prompt_ids
 from rpt.data.sample import Sample
 from rpt.data.samples_io import read_samples
 from rpt.dist import all_reduce
-from rpt.reward import compute_rewards, token_bytes, token_text
-from rpt.rollout.engine import Completion, Engine, SamplingParams
+from rpt.rollout.engine import Engine, SamplingParams
+from rpt.rollout.groups import PromptSettings, RewardSettings, generate_groups, score_groups
 
 MODES = ("standard", "reasoning")
 
@@ -52,12 +52,6 @@ def select_evenly(samples: list[Sample], max_samples: int) -> list[Sample]:
     return [samples[i * len(samples) // max_samples] for i in range(max_samples)]
 
 
-def sample_seed(seed: int, sample: Sample) -> int:
-    """A 32-bit generation seed fixed by (seed, document, position): independent of rank, batch and of which
-    samples `max_samples` selected; SeedSequence keeps the streams of nearby samples unrelated."""
-    return int(np.random.SeedSequence([seed, sample.doc_id, sample.position]).generate_state(1)[0])
-
-
 def compute_pass_at_k(num_correct: np.ndarray, num_samples: int, k: int) -> np.ndarray:
     """Unbiased pass@k per context from c correct among n samples (Chen et al., 2021):
     1 - C(n - c, k) / C(n, k). num_correct (S,) ints -> (S,) floats; k = 1 gives c / n (Random@1)."""
@@ -65,29 +59,6 @@ def compute_pass_at_k(num_correct: np.ndarray, num_samples: int, k: int) -> np.n
         raise ValueError(f"pass@k needs 1 <= k <= n, got k={k}, n={num_samples}")
     num_correct = np.asarray(num_correct)
     return np.array([1.0 - math.comb(num_samples - int(c), k) / math.comb(num_samples, k) for c in num_correct])
-
-
-def compute_reasoning_correct(responses: list[list[str]], continuation_ids: list[list[int]], tokenizer,
-                              extraction: str = "boxed") -> np.ndarray:
-    """Reasoning mode: responses (S lists of n texts) scored with the prefix-matching reward (Eq. 3) against
-    each sample's continuation -> (S, n) bool, True where the reward is 1."""
-    num_samples = len(responses[0]) if responses else 0
-    flat_responses = [text for group in responses for text in group]  # (S*n,)
-    flat_continuation_bytes = [token_bytes(tokenizer, ids) for ids in continuation_ids for _ in range(num_samples)]
-    rewards, _ = compute_rewards(flat_responses, flat_continuation_bytes, kind="prefix_match",
-                                 extraction=extraction, group_size=num_samples)
-    rewards = torch.as_tensor(rewards, dtype=torch.float64).numpy()  # (S*n,)
-    return rewards.reshape(len(responses), num_samples) == 1.0
-
-
-def response_text(tokenizer, completion: Completion, response_prefill: str = "") -> str:
-    """The exact text of a response: `response_prefill` (the text the prompt's assistant turn ended with, for
-    the boxed extraction) + the generated tokens, without the final EOS, read from token bytes (`token_text`) so that a
-    SentencePiece `▁` keeps its space and special tokens such as `</think>` stay in the text."""
-    ids = completion.token_ids
-    if ids and completion.finish_reason == "stop" and ids[-1] == tokenizer.eos_token_id:
-        ids = ids[:-1]
-    return response_prefill + token_text(tokenizer, ids)
 
 
 @torch.no_grad()
@@ -133,16 +104,17 @@ class SplitResult:
 
 
 def evaluate_split(model, tokenizer, engine: Engine | None, samples: list[Sample], mode: str, *,
-                   rank: int = 0, world_size: int = 1, batch_size: int = 16, template: str = "v0",
-                   chat: bool = True, think_prefill: bool = True, response_prefill: str = "",
-                   extraction: str = "boxed", num_samples: int = 1, pass_k: tuple[int, ...] = (),
-                   temperature: float = 0.8, top_p: float = 1.0, max_tokens: int = 8192, seed: int = 0,
+                   rank: int = 0, world_size: int = 1, batch_size: int = 16,
+                   prompt: PromptSettings = PromptSettings(), sampling: SamplingParams = SamplingParams(n=1),
+                   extraction: str = "boxed", pass_k: tuple[int, ...] = (), seed: int = 0, step: int = 0,
                    show_progress: bool = False) -> SplitResult:
     """This rank's share of one split in one mode -> SplitResult (not reduced across ranks).
 
     standard: needs `model`; sums "standard_acc". reasoning: needs `engine` (awake, with the policy's
-    weights); draws `num_samples` responses per context and sums "reasoning_acc" (Random@1) and
-    "reasoning_pass@k" for each k in `pass_k` (k <= num_samples).
+    weights); goes through the training's own rollout path (rpt.rollout.groups: the same prompts, cut to
+    prompt.max_prompt_tokens, the same per-sample seeds from (seed, step, document, position), the same
+    response text), draws `sampling.n` responses per context and sums "reasoning_acc" (Random@1) and
+    "reasoning_pass@k" for each k in `pass_k` (k <= sampling.n).
     """
     indices, counts = shard_evenly(len(samples), rank, world_size)
     share = [samples[i] for i in indices]
@@ -163,24 +135,16 @@ def evaluate_split(model, tokenizer, engine: Engine | None, samples: list[Sample
         return result
     if mode != "reasoning":
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    num_samples = sampling.n
     if any(k > num_samples for k in pass_k):
         raise ValueError(f"pass@k needs k <= num_samples={num_samples}, got {pass_k}")
-    params = SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-    responses: list[list[str]] = []  # (S, n)
-    # The boxed reward reads prefill + generated text (the prefill opens the answer); raw reads the generated
-    # text alone (rpt/reward/batch.py).
-    prefill = response_prefill if extraction == "boxed" else ""
+    groups = []
     for start in tqdm(range(0, len(share), batch_size), desc="reasoning", disable=not show_progress, leave=False):
-        batch = share[start:start + batch_size]
-        prompts = [build_prompt_ids(tokenizer, s.context_ids, template=template, chat=chat,
-                                    think_prefill=think_prefill, response_prefill=response_prefill)
-                   for s in batch]
-        # Seeds from each sample's identity: the same completions whichever rank or batch a sample lands in.
-        seeds = [sample_seed(seed, s) for s in batch]
-        for group in engine.generate(prompts, params, seeds=seeds):
-            responses.append([response_text(tokenizer, completion, prefill) for completion in group])
-    correct = compute_reasoning_correct(responses, [s.continuation_ids for s in share], tokenizer,
-                                        extraction)  # (S, n)
+        groups += generate_groups(engine, tokenizer, share[start:start + batch_size], prompt, sampling, extraction,
+                                  seed, step)
+    # accuracy is the prefix-matching reward (Eq. 3) whatever reward the policy was trained with
+    correct = (score_groups(groups, tokenizer, RewardSettings("prefix_match", extraction)) == 1).numpy()  # (S, n)
+    responses = [group.responses for group in groups]
     counted = np.array(counts, dtype=bool)  # (S,)
     num_correct = correct.sum(axis=1)  # (S,)
     result.sums["reasoning_acc"] = float(compute_pass_at_k(num_correct, num_samples, 1)[counted].sum())
@@ -233,7 +197,7 @@ def evaluate(model, tokenizer, engine: Engine | None, data_dir, splits=("easy", 
     model: an HF causal LM (plain, or sharded with FSDP2's fully_shard: a plain forward on every rank), used
     in standard mode and put back in its train/eval state afterwards; engine: used in reasoning mode.
     max_samples > 0 takes that many samples evenly spaced over each split. Other keyword arguments go to
-    `evaluate_split` (batch_size, template, num_samples, pass_k, ...)."""
+    `evaluate_split` (batch_size, prompt, sampling, extraction, pass_k, seed, step, ...)."""
     shard, num_shards, counted = data_parallel_layout(engine, mode)
     was_training = model is not None and model.training
     if model is not None:

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from rpt.data.sample import Sample
-from rpt.eval.accuracy import (compute_pass_at_k, compute_reasoning_correct, evaluate, evaluate_split,
-                               format_accuracy_table, predict_next_tokens, response_text, select_evenly,
-                               shard_evenly)
-from rpt.rollout.engine import Completion
+from rpt.eval.accuracy import (compute_pass_at_k, evaluate, evaluate_split, format_accuracy_table,
+                               predict_next_tokens, select_evenly, shard_evenly)
+from rpt.rollout.engine import Completion, SamplingParams
+from rpt.rollout.groups import Group, PromptSettings, RewardSettings, response_text, score_groups
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,10 +92,14 @@ def test_reasoning_correct_hand_labelled(r1_tokenizer):
         "\\boxed{ the}",  # no </think>: 0
         "</think> \\boxed{ the cat sat on the}",  # runs past the continuation: 0
     ]]
-    correct = compute_reasoning_correct(responses, [continuation], r1_tokenizer, extraction="boxed")
-    assert correct.tolist() == [[True, True, False, False, False, False]]
-    raw = compute_reasoning_correct([[" the", " the cat", "the"]], [continuation], r1_tokenizer, extraction="raw")
-    assert raw.tolist() == [[True, True, False]]
+    sample = Sample(doc_id=0, position=0, context_ids=[1], continuation_ids=continuation)
+
+    def score(texts, extraction):  # the scoring of evaluation's reasoning mode and of training
+        group = Group(sample, [1], [Completion([], None, "stop")] * len(texts), texts)
+        return (score_groups([group], r1_tokenizer, RewardSettings("prefix_match", extraction)) == 1).tolist()
+
+    assert score(responses[0], "boxed") == [[True, True, False, False, False, False]]
+    assert score([" the", " the cat", "the"], "raw") == [[True, True, False]]
 
 
 def test_response_text_keeps_spaces_and_think_drops_only_final_eos(stories_tokenizer, r1_tokenizer):
@@ -156,8 +160,8 @@ def test_reasoning_mode_near_greedy_equals_standard(stories_dir, stories_tokeniz
     standard = evaluate(model, stories_tokenizer, None, stories_eval_data, mode="standard", max_samples=24)
     assert model.training  # put back in train mode
     reasoning = evaluate(None, stories_tokenizer, engine, stories_eval_data, mode="reasoning", max_samples=24,
-                         template="raw", chat=False, think_prefill=False, extraction="raw", max_tokens=1,
-                         temperature=1e-4, num_samples=2, pass_k=(2,), batch_size=8)
+                         prompt=PromptSettings(template="raw", chat=False, think_prefill=False), extraction="raw",
+                         sampling=SamplingParams(n=2, temperature=1e-4, max_tokens=1), pass_k=(2,), batch_size=8)
     for split in ("easy", "medium", "hard"):
         assert standard[f"{split}/num_samples"] == reasoning[f"{split}/num_samples"] == 24
         assert 0 < standard[f"{split}/standard_acc"] < 1
@@ -194,10 +198,11 @@ def test_two_ranks_match_one_process(stories_dir, stories_tokenizer, stories_mod
     `table` reads what the CLI wrote."""
     from tests.conftest import run_torchrun
 
-    common = ["accuracy", "--model", str(stories_dir), "--data", str(stories_eval_data), "--mode", "standard",
-              "reasoning", "--max-samples", "15", "--engine", "hf", "--template", "raw", "--no-chat",
-              "--no-think-prefill", "--extraction", "raw", "--max-tokens", "2", "--temperature", "1.0",
-              "--num-samples", "3", "--pass-k", "2", "3", "--batch-size", "3", "--name", "stories260K"]
+    # the training preset plus the same --section.key=value overrides training takes
+    common = ["accuracy", "--config", str(REPO / "launch/configs/tiny.yaml"), f"--model.path={stories_dir}",
+              f"--data.path={stories_eval_data}", "--rollout.max_response_tokens=2", "--rollout.temperature=1.0",
+              "--mode", "standard", "reasoning", "--max-samples", "15", "--num-samples", "3", "--pass-k", "2", "3",
+              "--batch-size", "3", "--name", "stories260K"]
     run_torchrun(Path(__file__).with_name("dist_eval_worker.py"),
                  [str(stories_dir), str(stories_eval_data), str(tmp_path / "fsdp.json"), "--", *common,
                   "--out", str(tmp_path / "two")], nproc=2)
@@ -206,7 +211,9 @@ def test_two_ranks_match_one_process(stories_dir, stories_tokenizer, stories_mod
     single = capsys.readouterr().out
 
     one, two = (json.loads((tmp_path / run / "accuracy.json").read_text()) for run in ("one", "two"))
-    assert one["results"] == two["results"]
+    # sums of per-context pass@k fractions over 2 ranks are added in another order: equal to rounding
+    assert one["results"]["standard"] == two["results"]["standard"]
+    assert one["results"]["reasoning"] == pytest.approx(two["results"]["reasoning"], rel=1e-12, abs=0)
     assert one["results"]["reasoning"]["easy/num_samples"] == 15
     assert "| stories260K (Pass@3)" in single and "| Next-token reasoning" in single
     for name in ("standard_predictions.jsonl", "reasoning_responses.jsonl"):

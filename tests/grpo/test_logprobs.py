@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from rpt.grpo import PolicyLogprobs, token_logprobs
+from rpt.grpo import token_logprobs
+from rpt.policy import PolicyLogprobs
 from rpt.model import load_model
 
 

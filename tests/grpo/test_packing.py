@@ -5,7 +5,8 @@ import random
 import pytest
 import torch
 
-from rpt.grpo import PolicyLogprobs, pack_micro_batches, policy_loss
+from rpt.grpo import pack_micro_batches, policy_loss
+from rpt.policy import PolicyLogprobs
 from rpt.model import load_model
 
 

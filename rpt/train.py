@@ -1,0 +1,304 @@
+"""The RPT training loop: `train(cfg)`, one function, every rank running the same code (SPMD).
+
+One step (arXiv 2506.08007, Section 3.3):
+    sample contexts -> prompts -> G completions each -> reward (Eq. 3) -> advantages (dynamic sampling refills
+    the batch from `grpo.dynamic_sampling_start_step`) -> update (one exact on-policy AdamW step by default)
+    -> sync weights into the engine -> log -> checkpoint.
+
+Launch with `torchrun --nproc_per_node=N launch/train.py --config ...` (a plain `python launch/train.py`
+runs one process without FSDP). The policy is sharded with FSDP2 over all ranks; the rollout engine is
+co-located in every rank; data is split over data-parallel ranks (rank // tensor_parallel_size).
+
+This is the only module that reads Config: the phases it calls (rpt.rollout.groups for prompt -> reward,
+rpt.update for the update, rpt.eval for evaluation) take explicit settings.
+
+Deviations from the paper: `train.grad_clip` is the gradient-norm clip (see rpt/config.py); a step whose
+gradient norm is not finite is skipped (the paper says nothing); the TIS correction (`grpo.tis_cap`) is off
+by default as in the paper.
+"""
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from rpt.config import Config, save_config
+from rpt.data import SampleStream
+from rpt.dist import init_distributed, print0, reduce_metrics, seed_everything
+from rpt.fsdp import build_policy, export_hf, iter_full_weights, latest_checkpoint, load_checkpoint, \
+    move_optimizer_state, save_checkpoint
+from rpt.grpo.advantages import compute_advantages
+from rpt.grpo.sampling import GroupCollector
+from rpt.model import load_model, load_tokenizer
+from rpt.rollout.engine import Engine, SamplingParams
+from rpt.rollout.groups import FirstTokenLogprobs, Group, PromptSettings, RewardSettings, generate_groups, \
+    score_groups
+from rpt.update import UpdateSettings, sequence_logprobs, update_policy
+
+
+# --- settings of the phases, read from the config ----------------------------------------------------------
+
+def prompt_settings(cfg: Config) -> PromptSettings:
+    return PromptSettings(template=cfg.data.template, chat=cfg.data.chat, think_prefill=cfg.data.think_prefill,
+                          response_prefill=cfg.data.response_prefill, max_prompt_tokens=cfg.data.max_prompt_tokens)
+
+
+def reward_settings(cfg: Config) -> RewardSettings:
+    return RewardSettings(kind=cfg.reward.kind, extraction=cfg.reward.extraction, penalty=cfg.reward.penalty)
+
+
+def sampling_params(cfg: Config, n: int | None = None) -> SamplingParams:
+    return SamplingParams(n=n or cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                          max_tokens=cfg.rollout.max_response_tokens)
+
+
+def update_settings(cfg: Config) -> UpdateSettings:
+    return UpdateSettings(
+        temperature=cfg.rollout.temperature, clip_low=cfg.grpo.clip_low, clip_high=cfg.grpo.clip_high,
+        loss_agg=cfg.grpo.loss_agg, max_response_len=cfg.rollout.max_response_tokens, kl_coef=cfg.grpo.kl_coef,
+        entropy_coef=cfg.grpo.entropy_coef, log_entropy=cfg.logging.entropy, tis_cap=cfg.grpo.tis_cap,
+        logprob_chunk_size=cfg.grpo.logprob_chunk_size, micro_batch_tokens=cfg.train.micro_batch_tokens,
+        packed_rows=cfg.model.attn_implementation == "flash_attention_2",
+        num_minibatches=cfg.train.batch_size // cfg.train.mini_batch_size, grad_clip=cfg.train.grad_clip)
+
+
+def build_engine(cfg: Config, tokenizer, device: torch.device) -> Engine:
+    eos_ids = [tokenizer.eos_token_id]
+    if cfg.rollout.engine == "hf":
+        from rpt.rollout.hf_engine import HFEngine
+
+        # a plain copy per rank, refreshed by update_weights: fine for the small models this engine serves
+        copy = load_model(cfg.model.path, "float32", cfg.model.attn_implementation, device=device)
+        return HFEngine(copy, eos_ids, tokenizer.pad_token_id)
+    from rpt.rollout.vllm_engine import VLLMEngine  # without vllm: an ImportError naming the install extra
+
+    return VLLMEngine(
+        cfg.model.path, eos_ids, dtype=cfg.model.param_dtype if device.type == "cuda" else "float32",
+        tensor_parallel_size=cfg.rollout.tensor_parallel_size, seed=cfg.train.seed,
+        max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_response_tokens,
+        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        kv_cache_memory_bytes=cfg.rollout.kv_cache_memory_bytes,
+        enforce_eager=cfg.rollout.enforce_eager, sleep_level=cfg.rollout.sleep_level,
+    )
+
+
+# --- rollouts ------------------------------------------------------------------------------------------------
+
+def collect_rollouts(engine: Engine, tokenizer, stream: SampleStream, collector: GroupCollector,
+                     contexts_per_rank: int, prompt: PromptSettings, params: SamplingParams,
+                     reward: RewardSettings, seed: int, step: int,
+                     first_token_logprobs: FirstTokenLogprobs | None = None) -> tuple[list[Group], torch.Tensor, dict]:
+    """Generate and score until the collector holds its batch of groups with reward spread (dynamic
+    sampling, from its start step) or the round cap is hit. Every rank runs the same number of rounds with
+    the same number of contexts, so collectives inside generation or scoring line up.
+
+    -> (kept groups, their rewards (b, G), local stats: time, and the sums over every generated sample)."""
+    stats = {"generate": 0.0, "reward": 0.0, "all_reward_sum": 0.0, "all_samples": 0, "all_tokens": 0}
+    round_index = 0
+    while True:
+        not_done = reduce_metrics({"not_done": 0.0 if collector.done else 1.0}, dist.ReduceOp.MAX)["not_done"]
+        if not_done == 0:
+            break
+        samples = stream.next_batch(contexts_per_rank)
+        start = time.perf_counter()
+        groups = generate_groups(engine, tokenizer, samples, prompt, params, reward.extraction, seed, step,
+                                 round_index)
+        stats["generate"] += time.perf_counter() - start
+        start = time.perf_counter()
+        rewards = score_groups(groups, tokenizer, reward, first_token_logprobs)  # (B, G)
+        stats["reward"] += time.perf_counter() - start
+        # every generated sample, kept or not: the unbiased view of how the policy does
+        stats["all_reward_sum"] += rewards.sum().item()
+        stats["all_samples"] += rewards.numel()
+        stats["all_tokens"] += sum(len(c.token_ids) for group in groups for c in group.completions)
+        if not collector.done:
+            collector.add(groups, rewards)
+        round_index += 1
+    groups, rewards, collector_stats = collector.result()
+    return groups, rewards, {**collector_stats, **stats}
+
+
+# --- the loop ------------------------------------------------------------------------------------------------
+
+def train(cfg: Config) -> list[dict]:
+    rank, world_size, device = init_distributed()
+    tp = cfg.rollout.tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
+    dp_rank, dp_size = rank // tp, world_size // tp
+    n_minibatches = cfg.train.batch_size // cfg.train.mini_batch_size
+    if cfg.train.batch_size % (dp_size * n_minibatches):
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} must split evenly over {dp_size} "
+                         "data-parallel ranks and the mini-batches")
+    contexts_per_rank = cfg.train.batch_size // dp_size
+    out_dir = Path(cfg.train.output_dir)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    seed_everything(cfg.train.seed, rank)
+    prompt, reward, params, update_cfg = prompt_settings(cfg), reward_settings(cfg), sampling_params(cfg), \
+        update_settings(cfg)
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path)
+    policy = build_policy(cfg.model.path, cfg.model.dtype, cfg.model.param_dtype, cfg.model.reduce_dtype,
+                          cfg.model.activation_checkpointing, cfg.model.attn_implementation, device)
+    n_params = sum(p.numel() for p in policy.parameters())
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
+                                  weight_decay=cfg.train.weight_decay)
+    warmup = cfg.train.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    stream = SampleStream(cfg.data.path, split=cfg.data.split, rank=dp_rank, world_size=dp_size,
+                          seed=cfg.train.seed, shuffle=cfg.data.shuffle)
+
+    start_step, totals = 0, {"skipped_updates": 0, "train_compute": 0.0}
+    resume = latest_checkpoint(out_dir / "checkpoints") if cfg.train.resume == "auto" else \
+        (Path(cfg.train.resume) if cfg.train.resume else None)
+    if resume is not None:
+        start_step, extra = load_checkpoint(resume, policy, optimizer, scheduler)
+        stream.load_state_dict(extra["data"])
+        totals = extra["totals"]
+        print0(f"resumed from {resume} at step {start_step}")
+
+    def first_token_logprobs(contexts, targets):  # P(y[0] | x_<t) for the dense rewards (Appendix A)
+        return sequence_logprobs(policy, contexts, targets, device, 1.0, cfg.train.micro_batch_tokens,
+                                 update_cfg.packed_rows, cfg.grpo.logprob_chunk_size)
+
+    engine = build_engine(cfg, tokenizer, device)
+    engine.update_weights(iter_full_weights(policy))
+    writer = None
+    if rank == 0 and cfg.logging.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out_dir / "tensorboard"))
+    print0(f"rpt: {n_params / 1e6:.2f}M params, {world_size} ranks (tp {tp}), engine {cfg.rollout.engine}, "
+           f"{cfg.train.batch_size} contexts x G={cfg.rollout.n} per step, steps {start_step}..{cfg.train.steps}")
+
+    # on a GPU the engine and the training state take turns: AdamW state on the CPU while generating
+    offload = cfg.rollout.offload_optimizer and device.type == "cuda"
+    history = []
+    for step in range(start_step, cfg.train.steps):
+        step_start = time.perf_counter()
+        # sample contexts -> generate -> reward (refilled by dynamic sampling)
+        if offload:
+            move_optimizer_state(optimizer, "cpu")
+        engine.wake()
+        collector = GroupCollector(contexts_per_rank, cfg.grpo.max_generation_rounds, cfg.grpo.on_round_cap,
+                                   step=step, start_step=cfg.grpo.dynamic_sampling_start_step)
+        groups, rewards, rollout_stats = collect_rollouts(
+            engine, tokenizer, stream, collector, contexts_per_rank, prompt, params, reward, cfg.train.seed, step,
+            first_token_logprobs)
+        # advantages, per group of G
+        adv = compute_advantages(rewards, eps=cfg.grpo.adv_eps, scale_by_std=cfg.grpo.scale_by_std) \
+            if len(groups) else rewards  # (b, G)
+        # update
+        engine.sleep()
+        if offload:
+            move_optimizer_state(optimizer, device)
+        start = time.perf_counter()
+        lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
+        update = update_policy(
+            policy, optimizer, [group.prompt_ids for group in groups for _ in range(cfg.rollout.n)],
+            [c.token_ids for group in groups for c in group.completions], adv.reshape(-1), update_cfg, device,
+            world_size, behavior_logps=[torch.tensor(c.logprobs or [0.0] * len(c.token_ids))
+                                        for group in groups for c in group.completions])
+        scheduler.step()
+        update_time = time.perf_counter() - start
+        # sync weights into the engine
+        start = time.perf_counter()
+        engine.update_weights(iter_full_weights(policy))
+        sync_time = time.perf_counter() - start
+
+        # log: sums over ranks (one collective), then means
+        completions = [c for group in groups for c in group.completions]
+        lengths = [len(c.token_ids) for c in completions]
+        sums = reduce_metrics({
+            "reward_sum": rewards.sum(), "correct": (rewards == 1).sum(), "samples": rewards.numel(),
+            "think": sum(group.diagnostics["had_think"].sum() for group in groups),
+            "box": sum(group.diagnostics["had_box"].sum() for group in groups),
+            "gen_tokens": sum(lengths), "truncated": sum(c.finish_reason == "length" for c in completions),
+            "kept": len(groups), "generated": rollout_stats["groups_generated"],
+            "prompt_tokens": sum(len(group.prompt_ids) for group in groups) * cfg.rollout.n,
+            "all_reward_sum": rollout_stats["all_reward_sum"], "all_samples": rollout_stats["all_samples"],
+            "all_tokens": rollout_stats["all_tokens"],
+        })
+        maxima = reduce_metrics({"response_len_max": max(lengths, default=0), "rounds": rollout_stats["rounds"],
+                                 "partial": rollout_stats["partial"]}, dist.ReduceOp.MAX)
+        n = max(sums["samples"], 1)
+        totals["skipped_updates"] += update["skipped_updates"]
+        totals["train_compute"] += 6 * n_params * (sums["gen_tokens"] + sums["prompt_tokens"]) \
+            + 2 * n_params * sums["all_tokens"]
+        step_time = time.perf_counter() - step_start
+        metrics = {
+            # all generated samples; the kept_ metrics are what the update trained on (after dynamic sampling)
+            "rollout/reward_mean": sums["all_reward_sum"] / max(sums["all_samples"], 1),
+            "rollout/kept_reward_mean": sums["reward_sum"] / n, "rollout/kept_accuracy": sums["correct"] / n,
+            "rollout/had_think": sums["think"] / n, "rollout/had_box": sums["box"] / n,
+            "rollout/response_len_mean": sums["gen_tokens"] / n, "rollout/response_len_max": maxima["response_len_max"],
+            "rollout/truncated_frac": sums["truncated"] / n,
+            "rollout/kept_group_frac": sums["kept"] / max(sums["generated"], 1),
+            "rollout/generation_rounds": maxima["rounds"], "rollout/partial_batch": maxima["partial"],
+            **{f"train/{k}": v for k, v in update.items() if k != "skipped_updates"},
+            "train/skipped_updates": totals["skipped_updates"], "train/lr": lr,
+            "perf/time_generate": rollout_stats["generate"], "perf/time_reward": rollout_stats["reward"],
+            "perf/time_update": update_time, "perf/time_sync": sync_time, "perf/time_step": step_time,
+            "perf/tokens_per_s": sums["all_tokens"] / max(rollout_stats["generate"], 1e-9) / world_size,
+            "perf/train_compute": totals["train_compute"],
+        }
+        # evaluate on the held-out splits (rpt.eval), every rank its share
+        if cfg.logging.eval_every and (step + 1) % cfg.logging.eval_every == 0:
+            metrics.update(evaluate_policy(policy, tokenizer, engine, cfg, step + 1))
+        history.append({"step": step + 1, **metrics})
+        if rank == 0:
+            log_step(out_dir, writer, step + 1, metrics, cfg)
+            if cfg.logging.samples_every and (step + 1) % cfg.logging.samples_every == 0:
+                dump_samples(out_dir, step + 1, groups, rewards, tokenizer, cfg.logging.samples_per_dump)
+
+        # checkpoint
+        if cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps):
+            save_checkpoint(out_dir / "checkpoints", policy, optimizer, scheduler, step + 1,
+                            {"data": stream.state_dict(), "totals": totals}, keep=cfg.train.keep_checkpoints)
+
+    if cfg.train.export_hf:
+        export_hf(policy, tokenizer, out_dir / "hf")
+        print0(f"exported the policy to {out_dir / 'hf'}")
+    if writer is not None:
+        writer.close()
+    return history
+
+
+def evaluate_policy(policy, tokenizer, engine: Engine, cfg: Config, step: int) -> dict[str, float]:
+    from rpt.eval import evaluate
+
+    results = evaluate(policy, tokenizer, engine, cfg.data.path, cfg.logging.eval_splits, mode=cfg.logging.eval_mode,
+                       max_samples=cfg.logging.eval_max_samples, prompt=prompt_settings(cfg),
+                       sampling=sampling_params(cfg, n=1), extraction=cfg.reward.extraction, seed=cfg.train.seed,
+                       step=step)
+    return {f"eval/{key}": value for key, value in results.items()}
+
+
+def log_step(out_dir: Path, writer, step: int, metrics: dict, cfg: Config) -> None:
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, **metrics}) + "\n")
+    if writer is not None:
+        for key, value in metrics.items():
+            writer.add_scalar(key, value, step)
+    if step % cfg.logging.log_every == 0 or step == cfg.train.steps:
+        m = metrics
+        print0(f"step {step}/{cfg.train.steps} | reward {m['rollout/reward_mean']:.3f} | loss {m['train/loss']:+.2e} "
+               f"| gnorm {m['train/grad_norm']:.3f} | kept {m['rollout/kept_group_frac']:.2f} "
+               f"| len {m['rollout/response_len_mean']:.1f} | mismatch {m['train/mismatch_mean']:.1e} "
+               f"| gen {m['perf/time_generate']:.1f}s upd {m['perf/time_update']:.1f}s "
+               f"sync {m['perf/time_sync']:.1f}s | {m['perf/tokens_per_s']:.0f} tok/s/rank")
+        evals = {k[len("eval/"):]: v for k, v in m.items() if k.startswith("eval/") and k.endswith("_acc")}
+        if evals:
+            print0("  eval " + " | ".join(f"{k} {v:.3f}" for k, v in evals.items()))
+
+
+def dump_samples(out_dir: Path, step: int, groups: list[Group], rewards: torch.Tensor, tokenizer,
+                 limit: int) -> None:
+    with open(out_dir / "samples.jsonl", "a") as f:
+        for group, group_rewards in list(zip(groups, rewards))[:limit]:
+            f.write(json.dumps({
+                "step": step, "doc_id": group.sample.doc_id, "position": group.sample.position,
+                "prompt": tokenizer.decode(group.prompt_ids),
+                "continuation": tokenizer.decode(group.sample.continuation_ids),
+                "responses": group.responses, "rewards": group_rewards.tolist(),
+            }) + "\n")  # ASCII escapes: a response cut inside a UTF-8 character holds lone surrogates
