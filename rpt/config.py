@@ -72,7 +72,7 @@ class GRPOConfig:
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = (
         "token-mean"
     )
-    kl_coef: float = 0.0  # > 0 loads a frozen reference policy (k3 estimator)
+    kl_coef: float = 0.0  # > 0: k3 KL to a frozen copy of the initial policy (FSDP-sharded, model.param_dtype)
     entropy_coef: float = 0.0
     dynamic_sampling_start_step: int = 500  # DAPO: drop groups whose G rewards are all equal from this step
     max_generation_rounds: int = 4  # generation rounds per step at most (refills under dynamic sampling)

@@ -142,6 +142,12 @@ def train(cfg: Config) -> list[dict]:
     policy = build_policy(cfg.model.path, cfg.model.dtype, cfg.model.param_dtype, cfg.model.reduce_dtype,
                           cfg.model.activation_checkpointing, cfg.model.attn_implementation, device)
     n_params = sum(p.numel() for p in policy.parameters())
+    reference = None
+    if cfg.grpo.kl_coef > 0:  # the frozen initial policy of the KL term, sharded like the policy, in its
+        # compute dtype; nothing is built at kl_coef 0 (the paper's run)
+        reference = build_policy(cfg.model.path, cfg.model.param_dtype, cfg.model.param_dtype,
+                                 cfg.model.reduce_dtype, False, cfg.model.attn_implementation, device)
+        reference.requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
                                   weight_decay=cfg.train.weight_decay)
     warmup = cfg.train.warmup_steps
@@ -188,17 +194,23 @@ def train(cfg: Config) -> list[dict]:
         # advantages, per group of G
         adv = compute_advantages(rewards, eps=cfg.grpo.adv_eps, scale_by_std=cfg.grpo.scale_by_std) \
             if len(groups) else rewards  # (b, G)
+        completions = [c for group in groups for c in group.completions]
         # update
         engine.sleep()
         if offload:
             move_optimizer_state(optimizer, device)
         start = time.perf_counter()
+        prompts = [group.prompt_ids for group in groups for _ in range(cfg.rollout.n)]  # N = b * G
+        responses = [c.token_ids for group in groups for c in group.completions]  # N
+        # the reference's log-probs of the sampled tokens, once per step, at the sampling temperature
+        ref_logps = sequence_logprobs(reference, prompts, responses, device, cfg.rollout.temperature,
+                                      cfg.train.micro_batch_tokens, update_cfg.packed_rows,
+                                      cfg.grpo.logprob_chunk_size) if reference is not None else None
         lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
         update = update_policy(
-            policy, optimizer, [group.prompt_ids for group in groups for _ in range(cfg.rollout.n)],
-            [c.token_ids for group in groups for c in group.completions], adv.reshape(-1), update_cfg, device,
-            world_size, behavior_logps=[torch.tensor(c.logprobs or [0.0] * len(c.token_ids))
-                                        for group in groups for c in group.completions])
+            policy, optimizer, prompts, responses, adv.reshape(-1), update_cfg, device, world_size,
+            behavior_logps=[torch.tensor(c.logprobs or [0.0] * len(c.token_ids)) for c in completions],
+            ref_logps=ref_logps)
         scheduler.step()
         update_time = time.perf_counter() - start
         # sync weights into the engine
@@ -207,7 +219,6 @@ def train(cfg: Config) -> list[dict]:
         sync_time = time.perf_counter() - start
 
         # log: sums over ranks (one collective), then means
-        completions = [c for group in groups for c in group.completions]
         lengths = [len(c.token_ids) for c in completions]
         sums = reduce_metrics({
             "reward_sum": rewards.sum(), "correct": (rewards == 1).sum(), "samples": rewards.numel(),

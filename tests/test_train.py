@@ -3,6 +3,7 @@
 - kill -9 after a checkpoint and resume: the following steps are bit-identical to an uninterrupted run,
 - a planted NaN skips one update and the run goes on."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -47,11 +48,12 @@ def run_single_process(args, env=None):
 
 
 def test_two_ranks_match_one_process(tiny_data_dir, stories_dir, tmp_path):
-    """1 process vs 2 FSDP2 ranks over 3 steps: the same rollouts, gradient norms and parameter updates.
+    """1 process vs 2 FSDP2 ranks over 3 steps: the same rollouts, gradient norms, KL to the (sharded)
+    reference and parameter updates.
 
     The dense reward (Appendix A) always has spread within a group, so every step updates (a prefix-match
     reward of stories260K on OmniMATH text is almost always 0 for every sample, and would compare nothing)."""
-    with_eval = {"logging.eval_every": 3, "logging.eval_max_samples": 9, "reward.kind": "dense"}
+    with_eval = {"logging.eval_every": 3, "logging.eval_max_samples": 9, "reward.kind": "dense", "grpo.kl_coef": 5}
     run_single_process(overrides(tiny_data_dir, tmp_path / "one", **with_eval))
     run_torchrun(TRAIN, overrides(tiny_data_dir, tmp_path / "two", **with_eval), nproc=2)
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
@@ -61,6 +63,8 @@ def test_two_ranks_match_one_process(tiny_data_dir, stories_dir, tmp_path):
         assert one[step]["rollout/reward_mean"] == pytest.approx(two[step]["rollout/reward_mean"], rel=1e-5)
         assert one[step]["train/grad_norm"] > 1e-3  # every step learns something
         assert abs(one[step]["train/grad_norm"] - two[step]["train/grad_norm"]) <= 1e-5 * one[step]["train/grad_norm"]
+        assert two[step]["train/kl_ref"] == pytest.approx(one[step]["train/kl_ref"], rel=1e-3, abs=1e-9)
+    assert one[3]["train/kl_ref"] > 1e-6
     evals = {k: v for k, v in two[3].items() if k.startswith("eval/")}
     assert evals["eval/hard/num_samples"] == 9 and "eval/easy/standard_acc" in evals
     assert evals == {k: v for k, v in one[3].items() if k.startswith("eval/")}  # periodic eval, rank-invariant
@@ -121,6 +125,19 @@ def test_planted_nan_skips_one_update(tiny_data_dir, tmp_path, monkeypatch):
     assert torch.isfinite(torch.tensor(history[2]["train/loss"]))
 
 
+def test_nan_on_one_rank_skips_the_update_on_every_rank(tiny_data_dir, tmp_path):
+    """A NaN planted in rank 1's loss at step 2 poisons the all-reduced gradient norm: both ranks skip that
+    update (neither hangs nor diverges) and the run goes on."""
+    out = tmp_path / "history.json"
+    args = overrides(tiny_data_dir, tmp_path / "run", **{"train.micro_batch_tokens": 4096, "train.export_hf": False,
+                                                         "reward.kind": "dense"})
+    run_torchrun(REPO / "tests/workers/train_worker.py", [str(out), "1", "2", "--", *args], nproc=2)
+    history = json.loads(out.read_text())
+    assert [h["train/skipped_updates"] for h in history] == [0, 1, 1]
+    assert math.isnan(history[1]["train/grad_norm"])
+    assert math.isfinite(history[2]["train/grad_norm"]) and history[2]["train/grad_norm"] > 0
+
+
 def test_dense_reward_gets_the_policys_first_token_probability(tiny_data_dir, stories_dir, tmp_path, monkeypatch):
     """Appendix A's dense reward: the loop supplies P(y[0] | x_<t) under the current policy; checked against a
     plain transformers forward of the same weights (step 1: the initial model)."""
@@ -172,3 +189,19 @@ def test_several_updates_per_step_fix_old_logprobs_first(tiny_data_dir, tmp_path
     assert ratio_is_one == [True, False]  # one micro-batch per mini-batch: the first exact, the second moved
     assert history[0]["train/grad_norm"] > 0
     assert history[0]["train/approx_kl_old"] > 0 and history[0]["train/ratio_mean"] != 1.0
+
+
+def test_kl_to_the_reference(tiny_data_dir, tmp_path, monkeypatch):
+    """grpo.kl_coef > 0: at step 1 the policy is the reference, so the KL and its gradient are 0 and the update
+    is the kl 0 update; once the weights moved, train/kl_ref > 0 and the updates differ."""
+    monkeypatch.delenv("RANK", raising=False)
+    runs = {}
+    for kl in (0, 5):
+        argv = overrides(tiny_data_dir, tmp_path / f"kl{kl}", **{"grpo.kl_coef": kl, "reward.kind": "dense",
+                                                                 "train.export_hf": False})
+        runs[kl] = trainer.train(load_config(argv[1], argv[2:]))
+    assert "train/kl_ref" not in runs[0][0]  # no reference at kl 0
+    assert runs[5][0]["train/kl_ref"] == 0.0
+    assert runs[5][0]["train/grad_norm"] == runs[0][0]["train/grad_norm"]
+    assert runs[5][2]["train/kl_ref"] > 1e-6
+    assert runs[5][2]["train/grad_norm"] != runs[0][2]["train/grad_norm"]
