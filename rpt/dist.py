@@ -60,6 +60,15 @@ def all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     return reduced.cpu()
 
 
+def all_gather_objects(obj) -> list:
+    """Every rank's picklable `obj`, in rank order, on every rank ([obj] without a process group)."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def reduce_metrics(values: dict[str, "torch.Tensor | float"], op=dist.ReduceOp.SUM) -> dict[str, float]:
     """Reduce a dict of scalar metrics over ranks in one collective -> {name: float}.
 

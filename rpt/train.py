@@ -25,11 +25,11 @@ import torch.distributed as dist
 
 from rpt.config import Config, save_config
 from rpt.data import SampleStream
-from rpt.dist import init_distributed, print0, reduce_metrics, seed_everything
+from rpt.dist import all_gather_objects, init_distributed, print0, reduce_metrics, seed_everything
 from rpt.fsdp import build_policy, export_hf, iter_full_weights, latest_checkpoint, load_checkpoint, \
     move_optimizer_state, save_checkpoint
 from rpt.grpo.advantages import compute_advantages
-from rpt.grpo.sampling import GroupCollector
+from rpt.grpo.sampling import PooledGroupCollector, select_kept
 from rpt.model import load_model, load_tokenizer
 from rpt.rollout.engine import Engine, SamplingParams
 from rpt.rollout.groups import FirstTokenLogprobs, Group, PromptSettings, RewardSettings, generate_groups, \
@@ -85,21 +85,24 @@ def build_engine(cfg: Config, tokenizer, device: torch.device) -> Engine:
 
 # --- rollouts ------------------------------------------------------------------------------------------------
 
-def collect_rollouts(engine: Engine, tokenizer, stream: SampleStream, collector: GroupCollector,
-                     contexts_per_rank: int, prompt: PromptSettings, params: SamplingParams,
-                     reward: RewardSettings, seed: int, step: int,
-                     first_token_logprobs: FirstTokenLogprobs | None = None) -> tuple[list[Group], torch.Tensor, dict]:
-    """Generate and score until the collector holds its batch of groups with reward spread (dynamic
-    sampling, from its start step) or the round cap is hit. Every rank runs the same number of rounds with
-    the same number of contexts, so collectives inside generation or scoring line up.
+def collect_rollouts(engine: Engine, tokenizer, stream: SampleStream, collector: PooledGroupCollector,
+                     contexts_per_rank: int, tensor_parallel_size: int, prompt: PromptSettings,
+                     params: SamplingParams, reward: RewardSettings, seed: int, step: int,
+                     first_token_logprobs: FirstTokenLogprobs | None = None) -> dict:
+    """Generate and score rounds of contexts_per_rank contexts per data-parallel rank until the collector,
+    pooled over all data-parallel ranks, holds the step's batch of groups with reward spread (dynamic
+    sampling, from its start step) or the round cap is hit (DAPO pools globally; a rank-local batch would
+    drop one rank's surplus while another goes short).
 
-    -> (kept groups, their rewards (b, G), local stats: time, and the sums over every generated sample)."""
+    Each round every rank sends the groups it keeps to every other rank (the ranks of a tensor-parallel
+    group generate the same completions: only the first one's count), so every rank's collector sees the
+    same inputs and takes the same decisions (stop, trim, error at the cap) without a further collective.
+    -> stats of this rank's generation: time, and sums over every generated sample (on TP-group leaders
+    only, so summing them over ranks counts each sample once)."""
     stats = {"generate": 0.0, "reward": 0.0, "all_reward_sum": 0.0, "all_samples": 0, "all_tokens": 0}
+    counts = float(dist.get_rank() % tensor_parallel_size == 0) if dist.is_initialized() else 1.0
     round_index = 0
-    while True:
-        not_done = reduce_metrics({"not_done": 0.0 if collector.done else 1.0}, dist.ReduceOp.MAX)["not_done"]
-        if not_done == 0:
-            break
+    while not collector.done:
         samples = stream.next_batch(contexts_per_rank)
         start = time.perf_counter()
         groups = generate_groups(engine, tokenizer, samples, prompt, params, reward.extraction, seed, step,
@@ -109,14 +112,14 @@ def collect_rollouts(engine: Engine, tokenizer, stream: SampleStream, collector:
         rewards = score_groups(groups, tokenizer, reward, first_token_logprobs)  # (B, G)
         stats["reward"] += time.perf_counter() - start
         # every generated sample, kept or not: the unbiased view of how the policy does
-        stats["all_reward_sum"] += rewards.sum().item()
-        stats["all_samples"] += rewards.numel()
-        stats["all_tokens"] += sum(len(c.token_ids) for group in groups for c in group.completions)
-        if not collector.done:
-            collector.add(groups, rewards)
+        stats["all_reward_sum"] += counts * rewards.sum().item()
+        stats["all_samples"] += counts * rewards.numel()
+        stats["all_tokens"] += counts * sum(len(c.token_ids) for group in groups for c in group.completions)
+        kept = select_kept(groups, rewards, collector.step, collector.start_step)
+        kept_by_dp_rank = all_gather_objects(kept)[::tensor_parallel_size]  # one entry per TP group
+        collector.add_round(kept_by_dp_rank, [len(groups)] * len(kept_by_dp_rank))
         round_index += 1
-    groups, rewards, collector_stats = collector.result()
-    return groups, rewards, {**collector_stats, **stats}
+    return stats
 
 
 # --- the loop ------------------------------------------------------------------------------------------------
@@ -126,9 +129,9 @@ def train(cfg: Config) -> list[dict]:
     tp = cfg.rollout.tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
     dp_rank, dp_size = rank // tp, world_size // tp
     n_minibatches = cfg.train.batch_size // cfg.train.mini_batch_size
-    if cfg.train.batch_size % (dp_size * n_minibatches):
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} must split evenly over {dp_size} "
-                         "data-parallel ranks and the mini-batches")
+    if cfg.train.batch_size % (world_size * n_minibatches):
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} must split evenly over the {world_size} ranks "
+                         f"(each updates on its share) and the {n_minibatches} mini-batches")
     contexts_per_rank = cfg.train.batch_size // dp_size
     out_dir = Path(cfg.train.output_dir)
     if rank == 0:
@@ -186,11 +189,15 @@ def train(cfg: Config) -> list[dict]:
         if offload:
             move_optimizer_state(optimizer, "cpu")
         engine.wake()
-        collector = GroupCollector(contexts_per_rank, cfg.grpo.max_generation_rounds, cfg.grpo.on_round_cap,
-                                   step=step, start_step=cfg.grpo.dynamic_sampling_start_step)
-        groups, rewards, rollout_stats = collect_rollouts(
-            engine, tokenizer, stream, collector, contexts_per_rank, prompt, params, reward, cfg.train.seed, step,
-            first_token_logprobs)
+        collector = PooledGroupCollector(cfg.train.batch_size, cfg.grpo.max_generation_rounds,
+                                         cfg.grpo.on_round_cap, step=step,
+                                         start_step=cfg.grpo.dynamic_sampling_start_step)
+        rollout_stats = collect_rollouts(engine, tokenizer, stream, collector, contexts_per_rank, tp, prompt,
+                                         params, reward, cfg.train.seed, step, first_token_logprobs)
+        # this rank's share of the pooled batch: every rank trains on distinct groups, the ranks of a
+        # tensor-parallel group included (they generated the same completions)
+        _, _, pool_stats = collector.result()  # raises on every rank alike at the cap with on_cap=error
+        groups, rewards = collector.share(rank, world_size)  # (b_r, G)
         # advantages, per group of G
         adv = compute_advantages(rewards, eps=cfg.grpo.adv_eps, scale_by_std=cfg.grpo.scale_by_std) \
             if len(groups) else rewards  # (b, G)
@@ -225,13 +232,11 @@ def train(cfg: Config) -> list[dict]:
             "think": sum(group.diagnostics["had_think"].sum() for group in groups),
             "box": sum(group.diagnostics["had_box"].sum() for group in groups),
             "gen_tokens": sum(lengths), "truncated": sum(c.finish_reason == "length" for c in completions),
-            "kept": len(groups), "generated": rollout_stats["groups_generated"],
             "prompt_tokens": sum(len(group.prompt_ids) for group in groups) * cfg.rollout.n,
             "all_reward_sum": rollout_stats["all_reward_sum"], "all_samples": rollout_stats["all_samples"],
             "all_tokens": rollout_stats["all_tokens"],
         })
-        maxima = reduce_metrics({"response_len_max": max(lengths, default=0), "rounds": rollout_stats["rounds"],
-                                 "partial": rollout_stats["partial"]}, dist.ReduceOp.MAX)
+        maxima = reduce_metrics({"response_len_max": max(lengths, default=0)}, dist.ReduceOp.MAX)
         n = max(sums["samples"], 1)
         totals["skipped_updates"] += update["skipped_updates"]
         totals["train_compute"] += 6 * n_params * (sums["gen_tokens"] + sums["prompt_tokens"]) \
@@ -244,8 +249,10 @@ def train(cfg: Config) -> list[dict]:
             "rollout/had_think": sums["think"] / n, "rollout/had_box": sums["box"] / n,
             "rollout/response_len_mean": sums["gen_tokens"] / n, "rollout/response_len_max": maxima["response_len_max"],
             "rollout/truncated_frac": sums["truncated"] / n,
-            "rollout/kept_group_frac": sums["kept"] / max(sums["generated"], 1),
-            "rollout/generation_rounds": maxima["rounds"], "rollout/partial_batch": maxima["partial"],
+            # the pooled collector's decisions are global: the same numbers on every rank
+            "rollout/kept_group_frac": pool_stats["groups_kept"] / max(pool_stats["groups_generated"], 1),
+            "rollout/groups_filtered": pool_stats["groups_filtered"], "rollout/groups_surplus": pool_stats["groups_surplus"],
+            "rollout/generation_rounds": pool_stats["rounds"], "rollout/partial_batch": pool_stats["partial"],
             **{f"train/{k}": v for k, v in update.items() if k != "skipped_updates"},
             "train/skipped_updates": totals["skipped_updates"], "train/lr": lr,
             "perf/time_generate": rollout_stats["generate"], "perf/time_reward": rollout_stats["reward"],

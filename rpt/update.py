@@ -100,7 +100,9 @@ def update_policy(policy, optimizer, prompts: list[list[int]], responses: list[l
     seq_adv = adv.reshape(-1).float()  # (N,)
     behavior_logps = behavior_logps or [torch.zeros(len(r)) for r in responses]
     num_minibatches = settings.num_minibatches
-    minibatches = [list(range(len(prompts)))[i::num_minibatches] for i in range(num_minibatches)]
+    # contiguous blocks of sequences (whole groups when N is a multiple of num_minibatches * G): with the
+    # loop's interleaved shares of the pooled batch, the ranks' i-th blocks together are one process's i-th
+    minibatches = [ids.tolist() for ids in torch.arange(len(prompts)).tensor_split(num_minibatches)]
     # exact on-policy (one update per step, the paper): old log-probs are the detached current ones; with
     # several updates per step they are fixed before the first update, each mini-batch packed as its update
     # will pack it, so the first update's ratios are exactly 1

@@ -205,3 +205,21 @@ def test_kl_to_the_reference(tiny_data_dir, tmp_path, monkeypatch):
     assert runs[5][0]["train/grad_norm"] == runs[0][0]["train/grad_norm"]
     assert runs[5][2]["train/kl_ref"] > 1e-6
     assert runs[5][2]["train/grad_norm"] != runs[0][2]["train/grad_norm"]
+
+
+def test_dynamic_sampling_pooled_over_two_ranks_matches_one_process(tiny_data_dir, tmp_path):
+    """Dynamic sampling from step 0, pooled over ranks: 2 ranks keep the very groups 1 process keeps (the same
+    rounds, filtered and surplus counts, rewards) and train on them alike."""
+    args = lambda out: overrides(tiny_data_dir, out, steps=2, **{  # noqa: E731
+        "grpo.dynamic_sampling_start_step": 0, "grpo.max_generation_rounds": 3, "grpo.on_round_cap": "partial",
+        "rollout.max_response_tokens": 1, "rollout.temperature": 1.5, "train.export_hf": False})
+    run_single_process(args(tmp_path / "one"))
+    run_torchrun(TRAIN, args(tmp_path / "two"), nproc=2)
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    keys = ("rollout/reward_mean", "rollout/kept_reward_mean", "rollout/kept_group_frac", "rollout/groups_filtered",
+            "rollout/groups_surplus", "rollout/generation_rounds", "rollout/partial_batch", "perf/train_compute")
+    for step in (1, 2):
+        assert {k: one[step][k] for k in keys} == {k: two[step][k] for k in keys}
+        assert abs(one[step]["train/grad_norm"] - two[step]["train/grad_norm"]) <= 1e-5 * max(1, one[step]["train/grad_norm"])
+    assert sum(one[s]["rollout/groups_filtered"] for s in one) > 0  # groups were dropped ...
+    assert any(one[s]["rollout/kept_group_frac"] > 0 and one[s]["train/grad_norm"] > 0 for s in one)  # ... and kept
