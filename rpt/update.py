@@ -111,6 +111,7 @@ def update_policy(policy, optimizer, prompts: list[list[int]], responses: list[l
                              settings.logprob_chunk_size) for seq_ids in minibatches] if num_minibatches > 1 else None
     sums = {k: torch.zeros((), dtype=torch.float64, device=device) for k in
             ("loss", "pg_loss", "clip_frac", "approx_kl_old", "ratio_mean", "mismatch_mean")}
+    sums["update_sequences"] = float(len(prompts))  # summed over ranks: each sequence trained once per step
     if settings.log_entropy or settings.entropy_coef > 0:
         sums["entropy"] = torch.zeros((), dtype=torch.float64, device=device)
     if settings.tis_cap > 0:
