@@ -33,7 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--heldout-docs", type=int, default=200, help="documents held out for validation")
     parser.add_argument("--max-docs", type=int, default=None, help="use only the first N good documents")
     parser.add_argument("--min-context", type=int, default=32, help="no sample before this many tokens")
-    parser.add_argument("--continuation-tokens", type=int, default=8, help="ground-truth tokens kept per sample")
+    parser.add_argument("--continuation-tokens", type=int, default=None,
+                        help="cap each sample's ground truth at N tokens (default: the rest of the document, "
+                             "as Eq. 3's x_>=t)")
     parser.add_argument("--max-context", type=int, default=4096, help="contexts are left-truncated to this")
     parser.add_argument("--top-k", type=int, default=TOP_K, help="entropy over the k largest logits")
     parser.add_argument("--docs-per-chunk", type=int, default=64, help="documents per shard (unit of resume)")

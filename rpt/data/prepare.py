@@ -68,7 +68,8 @@ def load_policy_tokenizer(proxy: str | Path, tokenizer: str | Path | None):
 def prepare(corpus: str | Path | list, proxy: str | Path, out: str | Path, tokenizer: str | Path | None = None,
             fields: tuple[str, ...] = ("problem", "solution"), threshold: float = DEFAULT_TRAIN_THRESHOLD,
             heldout_docs: int = 200, max_docs: int | None = None, min_context: int = 32,
-            continuation_tokens: int = 8, max_context: int = 4096, top_k: int = TOP_K, docs_per_chunk: int = 64,
+            continuation_tokens: int | None = None, max_context: int = 4096, top_k: int = TOP_K,
+            docs_per_chunk: int = 64,
             batch_tokens: int = 16384, head_chunk: int = 256, max_record_bytes: int = 1 << 20,
             max_bad_fraction: float = 0.01, seed: int = 0, dtype: str = "float32",
             device: str | torch.device | None = None, progress: bool = True) -> dict:
