@@ -2,8 +2,9 @@
 evaluator use.
 
 Layout written by `rpt.data.prepare.prepare` (launch/prepare_data.py):
-    manifest.json           written last: counts, thresholds, lengths, tokenizer and proxy identity, the
-                            skipped-record report. Its presence means the directory is complete.
+    manifest.json           written last: counts, thresholds, lengths, tokenizer identity, the identity of
+                            the models that scored the training (`proxy`) and held-out (`split_proxy`)
+                            documents, the skipped-record report. Its presence means the directory is complete.
     prepare_args.json       the arguments of the run, checked when a killed run is resumed
     docs/chunk-NNNNNN.parquet   one row per document: doc_id, split ("train" or "heldout"), source
                             ("file:line"), token_ids list<int32>, entropy list<float32> (one per token)
@@ -190,3 +191,12 @@ def read_samples(data_dir: str | Path, split: str) -> list[Sample]:
     docs = read_docs(data_dir, manifest["num_chunks"])
     rows, positions = split_positions(docs, split, manifest["thresholds"], manifest["min_context"])
     return [cut_sample(docs, manifest, int(row), int(position)) for row, position in zip(rows, positions)]
+
+
+def describe_split_scorer(manifest: dict) -> str:
+    """Which model scored the held-out documents, and so drew the easy/medium/hard buckets, in one line for
+    evaluation output. Directories prepared before `split_proxy` existed were scored by the proxy alone."""
+    scorer = manifest.get("split_proxy", manifest["proxy"])
+    same = " (the training proxy)" if scorer == manifest["proxy"] else f" (training proxy: {manifest['proxy']['path']})"
+    return (f"held-out splits scored by {scorer['path']} ({scorer['model_type']}, "
+            f"{scorer['num_parameters'] / 1e6:,.2f}M parameters){same}")
