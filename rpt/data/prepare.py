@@ -3,6 +3,8 @@
 1. Read the corpus once to count its good documents and report the bad ones (every rank does this; it is
    cheap next to scoring). Too many bad records is an error before any scoring starts.
 2. Choose the held-out documents (a seeded sample of `heldout_docs` doc ids); the rest are for training.
+   The paper's "200 held-out samples" is read as 200 documents, every position of which is a validation
+   sample (evaluation draws up to N of each split): documents keep held-out text out of training.
 3. Cut the documents into chunks of `docs_per_chunk` consecutive doc ids. Chunk c belongs to rank
    c % world_size, which tokenizes it with the policy tokenizer, scores every position with a model's
    top-k entropy (training documents with the proxy, held-out documents with the split proxy, which is the
@@ -17,7 +19,7 @@ The policy tokenizer's ids go into the samples; the proxy and the split proxy mu
 of scope: a mismatch is an error.
 
 The paper filters training positions with R1-Distill-Qwen-1.5B and buckets the validation positions by the
-entropy of R1-Distill-Qwen-14B (Section 3.3): `split_proxy` is that second model; left out, the proxy
+entropy of R1-Distill-Qwen-14B (Section 4): `split_proxy` is that second model; left out, the proxy
 scores everything (a deviation, recorded in the manifest's `split_proxy`).
 """
 import hashlib
