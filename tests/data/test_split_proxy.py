@@ -16,6 +16,17 @@ from rpt.data.samples_io import describe_split_scorer, read_manifest
 from rpt.model import build_tiny_qwen2, load_model, load_tokenizer
 
 
+@pytest.fixture(scope="module")
+def short_corpus(omni_math_path, tmp_path_factory):
+    """The first 10 OmniMATH records cut to 200 characters of problem and of solution (~100 tokens a
+    document: longer than the scoring windows below, cheap at Qwen2's vocabulary)."""
+    records = [json.loads(line) for line in omni_math_path.read_text().splitlines()[:10]]
+    path = tmp_path_factory.mktemp("corpus") / "omni_short.jsonl"
+    path.write_text("".join(json.dumps({"problem": r["problem"][:200], "solution": r["solution"][:200]}) + "\n"
+                            for r in records))
+    return path
+
+
 def perturbed_copy(model_dir, out_dir, seed: int = 1, scale: float = 0.5):
     """The model of `model_dir` with Gaussian noise of `scale` x each tensor's std added, saved with the same
     tokenizer: same vocabulary, different entropies."""
@@ -53,34 +64,34 @@ def check_scored_by(out, proxy_dir, split_dir, tokenizer):
     return manifest
 
 
-def test_stories_proxy_with_a_second_stories_model(omni_math_path, stories_dir, stories_tokenizer, tmp_path):
+def test_stories_proxy_with_a_second_stories_model(short_corpus, stories_dir, stories_tokenizer, tmp_path):
     split_dir = perturbed_copy(stories_dir, tmp_path / "stories_perturbed")
     out = tmp_path / "data"
-    prepare(omni_math_path, stories_dir, out, split_proxy=split_dir, max_docs=10, heldout_docs=3, min_context=8,
-            max_context=48, docs_per_chunk=4, progress=False)
+    prepare(short_corpus, stories_dir, out, split_proxy=split_dir, heldout_docs=3, min_context=8, max_context=48,
+            docs_per_chunk=4, progress=False)
     manifest = check_scored_by(out, stories_dir, split_dir, stories_tokenizer)
     assert manifest["docs"] == {"train": 7, "heldout": 3}
     args = json.loads((out / "prepare_args.json").read_text())
     assert args["split_proxy"] == manifest["split_proxy"]  # a rerun with another split proxy is refused
     with pytest.raises(ValueError, match="other arguments"):
-        prepare(omni_math_path, stories_dir, out, max_docs=10, heldout_docs=3, min_context=8, max_context=48,
-                docs_per_chunk=4, progress=False)
+        prepare(short_corpus, stories_dir, out, heldout_docs=3, min_context=8, max_context=48, docs_per_chunk=4,
+                progress=False)
 
 
-def test_tiny_qwen2_proxy_with_a_second_tiny_qwen2(omni_math_path, tiny_qwen2_dir, shared_data, qwen2_tokenizer,
+def test_tiny_qwen2_proxy_with_a_second_tiny_qwen2(short_corpus, tiny_qwen2_dir, shared_data, qwen2_tokenizer,
                                                     tmp_path):
     split_dir = build_tiny_qwen2(tmp_path / "tiny_qwen2_seed1", shared_data / "tokenizers" / "qwen2", seed=1)
     out = tmp_path / "data"
-    prepare(omni_math_path, tiny_qwen2_dir, out, split_proxy=split_dir, max_docs=4, heldout_docs=2, min_context=8,
-            max_context=32, docs_per_chunk=4, progress=False)
+    prepare(short_corpus, tiny_qwen2_dir, out, split_proxy=split_dir, max_docs=4, heldout_docs=2, min_context=8,
+            max_context=64, docs_per_chunk=4, progress=False)
     check_scored_by(out, tiny_qwen2_dir, split_dir, qwen2_tokenizer)
 
 
-def test_split_proxy_with_another_vocabulary_is_refused_before_scoring(omni_math_path, stories_dir,
-                                                                        tiny_qwen2_dir, tmp_path):
+def test_split_proxy_with_another_vocabulary_is_refused_before_scoring(short_corpus, stories_dir, tiny_qwen2_dir,
+                                                                        tmp_path):
     with pytest.raises(ValueError, match="split proxy .* different vocabularies"):
-        prepare(omni_math_path, stories_dir, tmp_path / "out", split_proxy=tiny_qwen2_dir, max_docs=10,
-                heldout_docs=3, progress=False)
+        prepare(short_corpus, stories_dir, tmp_path / "out", split_proxy=tiny_qwen2_dir, heldout_docs=3,
+                progress=False)
     assert not (tmp_path / "out").exists()
 
 
