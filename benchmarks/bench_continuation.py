@@ -103,7 +103,8 @@ def main() -> None:
     rest_lengths = np.concatenate([length - np.arange(MIN_CONTEXT, length) for length in all_lengths
                                    if length > MIN_CONTEXT])  # continuation length at every position
     quantiles = np.quantile(rest_lengths, [0.1, 0.5, 0.9, 0.99])
-    print(f"whole corpus ({len(all_lengths):,} documents, {all_lengths.sum():,} tokens): continuation tokens "
+    print(f"whole corpus ({len(all_lengths):,} documents, {all_lengths.sum():,} tokens, longest "
+          f"{all_lengths.max():,}): continuation tokens "
           f"p10/p50/p90/p99 {' / '.join(f'{q:.0f}' for q in quantiles)}, mean {rest_lengths.mean():.0f}; "
           f"a 256-token cap would cut {np.mean(rest_lengths > 256):.1%} of positions")
 
