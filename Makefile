@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 $(TINY_DATA)/manifest.json: $(VENV)/.installed
 	$(PYTHON) launch/prepare_data.py --corpus $(SHARED)/omni_math_rule/omni_math_rule.jsonl \
 		--proxy $(SHARED)/models/stories260K --out $(TINY_DATA) --max-docs 240 --heldout-docs 40 \
-		--max-context 128 --continuation-tokens 8
+		--max-context 128
 
 tiny-data: $(TINY_DATA)/manifest.json
 

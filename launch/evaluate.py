@@ -3,8 +3,9 @@
 
 accuracy  next-token accuracy on the easy/medium/hard splits of a prepared data directory, standard mode
           (argmax of one forward pass) and/or next-token reasoning (sampled through the rollout engine,
-          scored with the prefix-matching reward); prints Table 1, writes accuracy.json and the per-sample
-          predictions / responses (jsonl) to --out.
+          scored with the prefix-matching reward); prints which model scored the splits (the data's
+          split_proxy) and Table 1, writes accuracy.json and the per-sample predictions / responses (jsonl)
+          to --out.
     python launch/evaluate.py accuracy --config runs/tiny/config.yaml --model.path=runs/tiny/hf \\
         --mode standard reasoning --num-samples 8 --pass-k 8 --out runs/eval_tiny
     torchrun --nproc_per_node=8 launch/evaluate.py accuracy --config launch/configs/rpt_14b.yaml \\
@@ -36,7 +37,7 @@ def run_accuracy(args, overrides: list[str]) -> None:
     import torch.distributed as dist
 
     from rpt.config import ConfigError, load_config
-    from rpt.data.samples_io import read_samples
+    from rpt.data.samples_io import describe_split_scorer, read_manifest, read_samples
     from rpt.dist import init_distributed, print0
     from rpt.eval.accuracy import (data_parallel_layout, evaluate_split, format_accuracy_table,
                                    reduce_split_results, select_evenly)
@@ -50,6 +51,8 @@ def run_accuracy(args, overrides: list[str]) -> None:
     # evaluation never trains: the engine keeps its memory (no sleep), the model its dtype
     cfg.rollout.sleep_level = 0
     rank, world_size, device = init_distributed()
+    manifest = read_manifest(cfg.data.path)
+    print0(describe_split_scorer(manifest))  # the buckets depend on it (the paper: R1-Distill-Qwen-14B)
     tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path)
     model = None
     if "standard" in args.mode:
@@ -65,6 +68,7 @@ def run_accuracy(args, overrides: list[str]) -> None:
                "config": {section: dataclasses.asdict(getattr(cfg, section)) for section in ("data", "rollout",
                                                                                                "reward")},
                "results": {}}
+    summary["split_scorer"] = manifest.get("split_proxy", manifest["proxy"])  # which model drew the buckets
     out_dir = Path(args.out) if args.out else None
     if out_dir and rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +89,7 @@ def run_accuracy(args, overrides: list[str]) -> None:
         if out_dir:
             write_records(out_dir, mode, records, rank, world_size, dist)
     print0(format_accuracy_table(rows_of_summary(summary), args.splits))
+    print0(describe_split_scorer(manifest))
     if out_dir and rank == 0:
         (out_dir / "accuracy.json").write_text(json.dumps(summary, indent=2))
         print0(f"wrote {out_dir / 'accuracy.json'}")
@@ -131,9 +136,15 @@ def rows_of_summary(summary: dict) -> list[tuple[str, str, dict[str, float]]]:
 def run_table(args) -> None:
     from rpt.eval.accuracy import format_accuracy_table
 
-    rows = [row for path in args.files for row in rows_of_summary(json.loads(Path(path).read_text()))]
+    summaries = [json.loads(Path(path).read_text()) for path in args.files]
+    rows = [row for summary in summaries for row in rows_of_summary(summary)]
     rows.sort(key=lambda row: row[0] != "standard")  # Table 1 lists standard prediction first
     print(format_accuracy_table(rows, args.splits))
+    scorers = [summary.get("split_scorer", {}).get("path", "unknown") for summary in summaries]
+    for summary, scorer in zip(summaries, scorers):
+        print(f"{summary['name']}: held-out splits scored by {scorer}")
+    if len(set(scorers)) > 1:
+        print("warning: the rows' splits were bucketed by different models, so their difficulties differ")
 
 
 def run_fit(args) -> None:

@@ -5,9 +5,11 @@ One process (CPU, the tiny default):
     python launch/prepare_data.py --corpus ../shared/data/omni_math_rule/omni_math_rule.jsonl \
         --proxy ../shared/data/models/stories260K --out runs/tiny_data --max-docs 240 --heldout-docs 40 \
         --max-context 128
-The paper's setup (R1-Distill-Qwen-1.5B proxy, 8 GPUs, each rank scoring its share of the documents):
+The paper's setup (R1-Distill-Qwen-1.5B filters training positions, R1-Distill-Qwen-14B buckets the held-out
+ones; 8 GPUs, each rank scoring its share of the documents):
     torchrun --nproc_per_node=8 launch/prepare_data.py --corpus omni_math.jsonl \
-        --proxy DeepSeek-R1-Distill-Qwen-1.5B --out data/omni_math --dtype bfloat16
+        --proxy DeepSeek-R1-Distill-Qwen-1.5B --split-proxy DeepSeek-R1-Distill-Qwen-14B --out data/omni_math \
+        --dtype bfloat16
 Rerunning the same command after a crash continues where it stopped. The trainer reads the output with
 rpt.data.SampleStream, the evaluator with rpt.data.read_samples.
 """
@@ -26,6 +28,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--corpus", nargs="+", required=True, help=".jsonl, .parquet or .txt files, or directories")
     parser.add_argument("--proxy", required=True, help="HF model directory of the proxy scorer")
     parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--split-proxy", default=None,
+                        help="HF model directory that scores the held-out documents, so it sets the easy/medium/hard "
+                             "buckets (the paper: the policy, R1-Distill-Qwen-14B; default: --proxy)")
     parser.add_argument("--tokenizer", default=None, help="policy tokenizer directory (default: the proxy's)")
     parser.add_argument("--fields", default="problem,solution", help="jsonl/parquet text fields, comma-separated")
     parser.add_argument("--threshold", type=float, default=DEFAULT_TRAIN_THRESHOLD,
@@ -33,7 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--heldout-docs", type=int, default=200, help="documents held out for validation")
     parser.add_argument("--max-docs", type=int, default=None, help="use only the first N good documents")
     parser.add_argument("--min-context", type=int, default=32, help="no sample before this many tokens")
-    parser.add_argument("--continuation-tokens", type=int, default=8, help="ground-truth tokens kept per sample")
+    parser.add_argument("--continuation-tokens", type=int, default=None,
+                        help="cap each sample's ground truth at N tokens (default: the rest of the document, "
+                             "as Eq. 3's x_>=t)")
     parser.add_argument("--max-context", type=int, default=4096, help="contexts are left-truncated to this")
     parser.add_argument("--top-k", type=int, default=TOP_K, help="entropy over the k largest logits")
     parser.add_argument("--docs-per-chunk", type=int, default=64, help="documents per shard (unit of resume)")
@@ -55,7 +62,8 @@ def main(argv=None) -> None:
                 min_context=args.min_context, continuation_tokens=args.continuation_tokens,
                 max_context=args.max_context, top_k=args.top_k, docs_per_chunk=args.docs_per_chunk,
                 batch_tokens=args.batch_tokens, head_chunk=args.head_chunk, max_record_bytes=args.max_record_bytes,
-                max_bad_fraction=args.max_bad_fraction, seed=args.seed, dtype=args.dtype, device=device)
+                max_bad_fraction=args.max_bad_fraction, seed=args.seed, dtype=args.dtype, device=device,
+                split_proxy=args.split_proxy)
     finally:
         cleanup()
 

@@ -224,13 +224,15 @@ def _read_txt(path: Path, fields, max_record_bytes: int, separator: str) -> Iter
         yield record
 
 
-def make_sample(token_ids, position: int, max_context: int, continuation_tokens: int, doc_id: int,
+def make_sample(token_ids, position: int, max_context: int, continuation_tokens: int | None, doc_id: int,
                 entropy: float | None = None) -> Sample:
     """The sample at position t of a document: context x_<t left-truncated to max_context tokens, and the
-    ground-truth continuation x_t .. x_{t+k-1} (shorter at the end of the document)."""
+    ground-truth continuation x_>=t: the rest of the document (Eq. 3's x_>=t) when continuation_tokens is
+    None, else capped at x_t .. x_{t+k-1} (shorter at the end of the document)."""
     if not 0 < position < len(token_ids):
         raise ValueError(f"position {position} outside (0, {len(token_ids)})")
     context = token_ids[max(0, position - max_context):position]
-    continuation = token_ids[position:position + continuation_tokens]
+    stop = len(token_ids) if continuation_tokens is None else position + continuation_tokens
+    continuation = token_ids[position:stop]
     return Sample(doc_id=doc_id, position=position, context_ids=[int(i) for i in context],
                   continuation_ids=[int(i) for i in continuation], entropy=entropy)

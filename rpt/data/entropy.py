@@ -10,8 +10,9 @@ Scoring never materialises (T, V) fp32 logits for a whole document: the backbone
 windows, then the LM head runs on `head_chunk` positions at a time and only the top-k survive.
 
 Deviations from the paper:
-- Validation buckets use the same proxy as training filtering unless prepared with another proxy (the
-  paper buckets with R1-Distill-Qwen-14B).
+- The paper buckets validation positions with R1-Distill-Qwen-14B and filters training positions with the
+  1.5B proxy; rpt.data.prepare scores held-out documents with `split_proxy` for that, and with the proxy
+  when none is given (the manifest records which).
 - The paper does not give its training threshold; `DEFAULT_TRAIN_THRESHOLD` (0.5, the "easy" bound) is ours.
 - Both thresholds are strict (entropy > threshold), as the paper states for the buckets.
 - A document longer than `window` tokens is scored in overlapping windows (stride window/2), so every

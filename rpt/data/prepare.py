@@ -3,17 +3,24 @@
 1. Read the corpus once to count its good documents and report the bad ones (every rank does this; it is
    cheap next to scoring). Too many bad records is an error before any scoring starts.
 2. Choose the held-out documents (a seeded sample of `heldout_docs` doc ids); the rest are for training.
+   The paper's "200 held-out samples" is read as 200 documents, every position of which is a validation
+   sample (evaluation draws up to N of each split): documents keep held-out text out of training.
 3. Cut the documents into chunks of `docs_per_chunk` consecutive doc ids. Chunk c belongs to rank
-   c % world_size, which tokenizes it with the policy tokenizer, scores every position with the proxy's
-   top-k entropy, and writes docs/chunk-c.parquet atomically. Chunks already on disk are skipped, so a
-   killed run resumes where it stopped; batches are formed inside a chunk only, so the output does not
-   depend on the number of ranks.
+   c % world_size, which tokenizes it with the policy tokenizer, scores every position with a model's
+   top-k entropy (training documents with the proxy, held-out documents with the split proxy, which is the
+   proxy unless `split_proxy` names another model), and writes docs/chunk-c.parquet atomically. Chunks
+   already on disk are skipped, so a killed run resumes where it stopped; batches are formed inside a chunk
+   only, so the output does not depend on the number of ranks.
 4. Rank 0 counts the samples of every split and writes manifest.json (no timestamps: a resumed run writes
    the same bytes as an uninterrupted one).
 
-The policy tokenizer's ids go into the samples; the proxy must use the same vocabulary (the paper's 1.5B
-proxy and 14B policy share one). Re-tokenizing for a proxy with another vocabulary is out of scope: a
-mismatch is an error.
+The policy tokenizer's ids go into the samples; the proxy and the split proxy must use the same vocabulary
+(the paper's 1.5B proxy and 14B policy share one). Re-tokenizing for a proxy with another vocabulary is out
+of scope: a mismatch is an error.
+
+The paper filters training positions with R1-Distill-Qwen-1.5B and buckets the validation positions by the
+entropy of R1-Distill-Qwen-14B (Section 4): `split_proxy` is that second model; left out, the proxy
+scores everything (a deviation, recorded in the manifest's `split_proxy`).
 """
 import hashlib
 import json
@@ -54,42 +61,58 @@ def describe_model(path: str | Path, model) -> dict:
             "config_sha256": hashlib.sha256((path / "config.json").read_bytes()).hexdigest(), "weights": weights}
 
 
-def load_policy_tokenizer(proxy: str | Path, tokenizer: str | Path | None):
-    """The policy tokenizer (default: the proxy's); a proxy tokenizer with another vocabulary is an error."""
+def load_policy_tokenizer(proxy: str | Path, tokenizer: str | Path | None, split_proxy: str | Path | None = None):
+    """The policy tokenizer (default: the proxy's); a proxy or split proxy whose tokenizer has another
+    vocabulary is an error."""
     policy_tokenizer = load_tokenizer(tokenizer or proxy)
-    if tokenizer is not None and any((Path(proxy) / name).exists() for name in ("tokenizer.json", "vocab.json",
-                                                                                  "tokenizer.model")):
-        if load_tokenizer(proxy).get_vocab() != policy_tokenizer.get_vocab():
-            raise ValueError(f"the proxy {proxy} and the policy tokenizer {tokenizer} have different vocabularies; "
-                             "scoring re-tokenized text is not supported: use a proxy of the policy's family")
+    for name, scorer in (("proxy", proxy if tokenizer is not None else None), ("split proxy", split_proxy)):
+        if scorer is not None and any((Path(scorer) / file).exists() for file in ("tokenizer.json", "vocab.json",
+                                                                                   "tokenizer.model")):
+            if load_tokenizer(scorer).get_vocab() != policy_tokenizer.get_vocab():
+                raise ValueError(f"the {name} {scorer} and the policy tokenizer {tokenizer or proxy} have different "
+                                 "vocabularies; scoring re-tokenized text is not supported: use a model of the "
+                                 "policy's family")
     return policy_tokenizer
+
+
+def load_scorer(path: str | Path, policy_tokenizer, max_context: int, prefix_ids: list[int], dtype: str,
+                device: torch.device):
+    """A proxy model in eval mode and its scoring window: the policy's context length, within the positions
+    the model was trained for."""
+    model = load_model(path, dtype=dtype, device=device).eval()
+    if model.config.vocab_size < len(policy_tokenizer):
+        raise ValueError(f"{path}: vocab {model.config.vocab_size} is smaller than the tokenizer's "
+                         f"{len(policy_tokenizer)}")
+    window = min(max_context, getattr(model.config, "max_position_embeddings", max_context) - len(prefix_ids))
+    return model, window
 
 
 def prepare(corpus: str | Path | list, proxy: str | Path, out: str | Path, tokenizer: str | Path | None = None,
             fields: tuple[str, ...] = ("problem", "solution"), threshold: float = DEFAULT_TRAIN_THRESHOLD,
             heldout_docs: int = 200, max_docs: int | None = None, min_context: int = 32,
-            continuation_tokens: int = 8, max_context: int = 4096, top_k: int = TOP_K, docs_per_chunk: int = 64,
+            continuation_tokens: int | None = None, max_context: int = 4096, top_k: int = TOP_K,
+            docs_per_chunk: int = 64,
             batch_tokens: int = 16384, head_chunk: int = 256, max_record_bytes: int = 1 << 20,
             max_bad_fraction: float = 0.01, seed: int = 0, dtype: str = "float32",
-            device: str | torch.device | None = None, progress: bool = True) -> dict:
+            device: str | torch.device | None = None, progress: bool = True,
+            split_proxy: str | Path | None = None) -> dict:
     """Score and split a corpus into `out` (layout: rpt/data/samples_io.py); returns the manifest.
 
     Runs in one process or under torchrun (each rank scores its share of chunks; an initialised process
     group is used for the barriers). Rerunning with the same arguments resumes an interrupted run, or
-    returns at once if the run finished; other arguments on an existing directory are an error."""
+    returns at once if the run finished; other arguments on an existing directory are an error.
+    `split_proxy` (default: `proxy`) scores the held-out documents, so it sets the easy/medium/hard buckets.
+    """
     rank = dist.get_rank() if dist.is_initialized() else 0
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(out)
     files = list_corpus_files(corpus if isinstance(corpus, (list, tuple)) else [corpus])
-    policy_tokenizer = load_policy_tokenizer(proxy, tokenizer)
-    model = load_model(proxy, dtype=dtype, device=device).eval()
-    if model.config.vocab_size < len(policy_tokenizer):
-        raise ValueError(f"proxy vocab {model.config.vocab_size} is smaller than the tokenizer's "
-                         f"{len(policy_tokenizer)}")
+    policy_tokenizer = load_policy_tokenizer(proxy, tokenizer, split_proxy)
     prefix_ids = special_prefix_ids(policy_tokenizer)
-    # the proxy scores with the policy's context length, within the positions it was trained for
-    window = min(max_context, getattr(model.config, "max_position_embeddings", max_context) - len(prefix_ids))
+    model, window = load_scorer(proxy, policy_tokenizer, max_context, prefix_ids, dtype, device)
+    split_model, split_window = (model, window) if split_proxy is None else load_scorer(
+        split_proxy, policy_tokenizer, max_context, prefix_ids, dtype, device)
 
     args = {"corpus": [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files],
             "fields": list(fields), "threshold": threshold, "heldout_docs": heldout_docs, "max_docs": max_docs,
@@ -97,7 +120,8 @@ def prepare(corpus: str | Path | list, proxy: str | Path, out: str | Path, token
             "top_k": top_k, "docs_per_chunk": docs_per_chunk, "batch_tokens": batch_tokens,
             "head_chunk": head_chunk, "max_record_bytes": max_record_bytes, "max_bad_fraction": max_bad_fraction,
             "seed": seed, "dtype": dtype, "tokenizer": describe_tokenizer(policy_tokenizer),
-            "proxy": describe_model(proxy, model)}
+            "proxy": describe_model(proxy, model),
+            "split_proxy": describe_model(proxy if split_proxy is None else split_proxy, split_model)}
     args_path = out / "prepare_args.json"
     if args_path.exists() and json.loads(args_path.read_text()) != args:
         raise ValueError(f"{out} holds a run with other arguments ({args_path}); use a fresh --out directory")
@@ -134,8 +158,8 @@ def prepare(corpus: str | Path | list, proxy: str | Path, out: str | Path, token
         if document.doc_id == min(num_docs, (chunk + 1) * docs_per_chunk) - 1 and pending:
             texts = [d.text for d in pending]
             token_ids = policy_tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-            entropies = score_documents(model, token_ids, prefix_ids, k=top_k, window=window,
-                                        batch_tokens=batch_tokens, head_chunk=head_chunk)
+            entropies = _score_chunk(token_ids, [d.doc_id in heldout for d in pending], (model, window),
+                                     (split_model, split_window), prefix_ids, top_k, batch_tokens, head_chunk)
             write_chunk(chunk_path(out, chunk), [d.doc_id for d in pending],
                         ["heldout" if d.doc_id in heldout else "train" for d in pending],
                         [d.source for d in pending], token_ids, entropies)
@@ -153,7 +177,7 @@ def prepare(corpus: str | Path | list, proxy: str | Path, out: str | Path, token
 
     # 4. manifest
     if rank == 0:
-        manifest = _build_manifest(out, num_chunks, args, report, window, threshold, min_context)
+        manifest = _build_manifest(out, num_chunks, args, report, window, split_window, threshold, min_context)
         _write_json_atomic(out / "manifest.json", manifest)
         print0(f"wrote {out}: docs {manifest['docs']}, samples {manifest['samples']}")
     _barrier()
@@ -167,8 +191,27 @@ def _documents(files, fields, max_record_bytes, report, max_docs):
             return  # before reading another record, so the report covers exactly what was used
 
 
+def _score_chunk(token_ids: list[list[int]], is_heldout: list[bool], scorer, split_scorer, prefix_ids: list[int],
+                 top_k: int, batch_tokens: int, head_chunk: int) -> list[np.ndarray]:
+    """Entropies of one chunk's documents: training documents by `scorer`, held-out ones by `split_scorer`,
+    each a (model, window). With one model for both, the chunk is scored in one call (as before there was a
+    split proxy), so its batches, and the floating-point results, do not change."""
+    if split_scorer[0] is scorer[0]:
+        groups = [(scorer, [True] * len(is_heldout))]
+    else:
+        groups = [(scorer, [not heldout for heldout in is_heldout]), (split_scorer, list(is_heldout))]
+    entropies: list[np.ndarray | None] = [None] * len(token_ids)
+    for (model, window), members in groups:
+        rows = [row for row, member in enumerate(members) if member]
+        scored = score_documents(model, [token_ids[row] for row in rows], prefix_ids, k=top_k, window=window,
+                                 batch_tokens=batch_tokens, head_chunk=head_chunk) if rows else []
+        for row, entropy in zip(rows, scored):
+            entropies[row] = entropy
+    return entropies
+
+
 def _build_manifest(out: Path, num_chunks: int, args: dict, report: BadRecordReport, window: int,
-                    threshold: float, min_context: int) -> dict:
+                    split_window: int, threshold: float, min_context: int) -> dict:
     docs = read_docs(out, num_chunks)
     thresholds = {"train": threshold, **DIFFICULTY_THRESHOLDS}
     lengths = np.diff(docs.offsets)
@@ -193,9 +236,11 @@ def _build_manifest(out: Path, num_chunks: int, args: dict, report: BadRecordRep
         "max_context": args["max_context"],
         "continuation_tokens": args["continuation_tokens"],
         "scoring_window": window,
+        "split_scoring_window": split_window,
         "top_k": args["top_k"],
         "tokenizer": args["tokenizer"],
-        "proxy": args["proxy"],
+        "proxy": args["proxy"],  # scored the training documents (split "train")
+        "split_proxy": args["split_proxy"],  # scored the held-out documents (splits easy, medium, hard)
         "skipped_records": bad,
     }
 

@@ -4,6 +4,10 @@
 where `{prompt_content}` stands. v0 is the one the paper trained with; v6 scored best at step 0 (Table 8).
 "raw" is the context alone, for tiny models that cannot follow instructions (DESIGN.md, tiny models).
 
+Source: every template follows Table 10 of the authors' English paper (arXiv 2506.08007v1, Appendix D).
+A Chinese rendering of the paper prints v2's second example as "\\boxed{ = }", like the other templates;
+the English original has "\\boxed{ +=}" in v2 only, and v2 keeps it: the authors' text, not the rendering.
+
 Reading of Table 10 (the paper prints the templates in a table that loses line breaks):
 - Wording, spacing inside the example boxes ("\\boxed{ para}"), the doubled backslash of "\\\\boxed{}" in
   v1 and v2, and "+=" in v2's example are kept as printed in the English paper.

@@ -7,5 +7,5 @@ class Sample:
     doc_id: int  # index of the source document in corpus order
     position: int  # t: index in the document's token ids of the first continuation token
     context_ids: list[int]  # x_<t, left-truncated to the max prompt length
-    continuation_ids: list[int]  # x_t .. x_t+k-1, the ground truth the reward compares against
+    continuation_ids: list[int]  # x_>=t to the end of the document (or a cap), what the reward compares against
     entropy: float | None = None  # proxy model's top-16 entropy at position t (nats), None if unscored

@@ -2,8 +2,9 @@
 evaluator use.
 
 Layout written by `rpt.data.prepare.prepare` (launch/prepare_data.py):
-    manifest.json           written last: counts, thresholds, lengths, tokenizer and proxy identity, the
-                            skipped-record report. Its presence means the directory is complete.
+    manifest.json           written last: counts, thresholds, lengths, tokenizer identity, the identity of
+                            the models that scored the training (`proxy`) and held-out (`split_proxy`)
+                            documents, the skipped-record report. Its presence means the directory is complete.
     prepare_args.json       the arguments of the run, checked when a killed run is resumed
     docs/chunk-NNNNNN.parquet   one row per document: doc_id, split ("train" or "heldout"), source
                             ("file:line"), token_ids list<int32>, entropy list<float32> (one per token)
@@ -11,7 +12,9 @@ Layout written by `rpt.data.prepare.prepare` (launch/prepare_data.py):
 Samples are not stored one by one (a context of up to 4,096 tokens per position would make the data
 quadratic in document length); they are cut from the documents on read, at the positions that
 `select_positions` keeps: split "train" = train documents with entropy > the training threshold;
-"easy" / "medium" / "hard" = held-out documents with entropy > 0.5 / 1.0 / 1.5 (nested, PAPER.md 3).
+"easy" / "medium" / "hard" = held-out documents with entropy > 0.5 / 1.0 / 1.5 (nested, PAPER.md 3). A
+sample's continuation is the rest of its document (Eq. 3's x_>=t) unless the data was prepared with a cap
+(`continuation_tokens` in the manifest).
 Readers hold the token ids and entropies of all documents in memory (8 bytes per corpus token).
 """
 import json
@@ -188,3 +191,12 @@ def read_samples(data_dir: str | Path, split: str) -> list[Sample]:
     docs = read_docs(data_dir, manifest["num_chunks"])
     rows, positions = split_positions(docs, split, manifest["thresholds"], manifest["min_context"])
     return [cut_sample(docs, manifest, int(row), int(position)) for row, position in zip(rows, positions)]
+
+
+def describe_split_scorer(manifest: dict) -> str:
+    """Which model scored the held-out documents, and so drew the easy/medium/hard buckets, in one line for
+    evaluation output. Directories prepared before `split_proxy` existed were scored by the proxy alone."""
+    scorer = manifest.get("split_proxy", manifest["proxy"])
+    same = " (the training proxy)" if scorer == manifest["proxy"] else f" (training proxy: {manifest['proxy']['path']})"
+    return (f"held-out splits scored by {scorer['path']} ({scorer['model_type']}, "
+            f"{scorer['num_parameters'] / 1e6:,.2f}M parameters){same}")

@@ -11,6 +11,9 @@ point that scipy's `least_squares` then refines.
 
 Training compute comes from the trainer's `perf/train_compute` scalar (6 x params x trained tokens +
 2 x params x generated tokens, cumulative); points with C <= 0 (step 0) are excluded by the caller.
+
+Deviation from the paper: it does not say how it converts its steps (100 ... 1,200) to training compute;
+the count above is ours.
 """
 import csv
 import json

@@ -29,6 +29,9 @@ Every rank runs the collector on the same gathered inputs, so `done`, the trimmi
 the same everywhere without another collective. A rank that would be done alone keeps no surplus while
 another goes short: the batch is full as soon as the kept groups of all ranks together fill it.
 
+Steps are 0-based here: with start_step 500 the first filtered step is loop step 500, which the trainer logs
+as step 501, so 500 steps run unfiltered (the paper's "from step 500" does not say where it counts from).
+
 Deviations from the paper: the round cap (the paper/DAPO generate "until the batch is full"; an uncapped loop
 never ends when the policy solves everything or nothing); groups kept beyond a full batch are discarded
 (as DAPO does). The pooled collector trims the surplus in the order of the 1-process stream, so the kept

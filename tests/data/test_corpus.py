@@ -97,6 +97,8 @@ def test_make_sample_truncates_context_on_the_left():
     sample = make_sample(ids, position=15, max_context=4, continuation_tokens=8, doc_id=3, entropy=1.25)
     assert sample.context_ids == [111, 112, 113, 114]
     assert sample.continuation_ids == [115, 116, 117, 118, 119]  # shorter at the document's end
+    assert make_sample(ids, 5, 4, 3, 0).continuation_ids == [105, 106, 107]  # capped
+    assert make_sample(ids, 5, 4, None, 0).continuation_ids == ids[5:]  # no cap: the rest of the document
     assert (sample.doc_id, sample.position, sample.entropy) == (3, 15, 1.25)
     assert make_sample(ids, 2, 4, 2, 0).context_ids == [100, 101]
     with pytest.raises(ValueError):

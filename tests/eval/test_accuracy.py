@@ -216,6 +216,9 @@ def test_two_ranks_match_one_process(stories_dir, stories_tokenizer, stories_mod
     assert one["results"]["reasoning"] == pytest.approx(two["results"]["reasoning"], rel=1e-12, abs=0)
     assert one["results"]["reasoning"]["easy/num_samples"] == 15
     assert "| stories260K (Pass@3)" in single and "| Next-token reasoning" in single
+    # the data was prepared without --split-proxy: the proxy drew the buckets, and the output says so
+    assert f"held-out splits scored by {stories_dir.resolve()} (llama, 0.29M parameters) (the training proxy)" in single
+    assert one["split_scorer"] == two["split_scorer"] and one["split_scorer"]["path"] == str(stories_dir.resolve())
     for name in ("standard_predictions.jsonl", "reasoning_responses.jsonl"):
         assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
     responses = [json.loads(line) for line in (tmp_path / "one" / "reasoning_responses.jsonl").read_text().splitlines()]
@@ -232,3 +235,22 @@ def test_two_ranks_match_one_process(stories_dir, stories_tokenizer, stories_mod
     table = capsys.readouterr().out.splitlines()
     assert table[2].startswith("| Standard next-token prediction") and table[3] == table[4]  # one row per file
     assert table[5].startswith("| Next-token reasoning")
+    assert table[-2:] == [f"stories260K: held-out splits scored by {stories_dir.resolve()}"] * 2
+
+
+def test_table_names_each_runs_split_scorer_and_warns_when_they_differ(tmp_path, capsys):
+    metrics = {"easy/standard_acc": 0.5, "medium/standard_acc": 0.25, "hard/standard_acc": 0.125}
+    paths = []
+    for name, scorer in (("base", "/models/R1-Distill-Qwen-14B"), ("rpt", "/models/R1-Distill-Qwen-1.5B")):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps({"name": name, "split_scorer": {"path": scorer},
+                                         "results": {"standard": metrics}}))
+    cli = load_evaluate_cli()
+    cli.main(["table", str(paths[0]), str(paths[0])])
+    same = capsys.readouterr().out.splitlines()
+    assert same[-2:] == ["base: held-out splits scored by /models/R1-Distill-Qwen-14B"] * 2
+    cli.main(["table", *map(str, paths)])
+    different = capsys.readouterr().out.splitlines()
+    assert different[-3:-1] == ["base: held-out splits scored by /models/R1-Distill-Qwen-14B",
+                                "rpt: held-out splits scored by /models/R1-Distill-Qwen-1.5B"]
+    assert different[-1].startswith("warning: the rows' splits were bucketed by different models")
