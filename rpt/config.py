@@ -9,6 +9,7 @@ Deviation from the paper's wording: "actor gradient clip 0.2" is read as the gra
 clip *ratio* would do nothing. The PPO clip ratios (`grpo.clip_low`, `grpo.clip_high`) are 0.2 as well.
 """
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ class TrainConfig:
     save_every: int = 100
     keep_checkpoints: int = 2
     resume: str = ""  # "", "auto" (latest complete checkpoint in output_dir) or a checkpoint directory
+    overwrite: bool = False  # a fresh run may delete another run's files in output_dir (rpt/run_dir.py)
     export_hf: bool = True  # write the final policy as an HF directory to output_dir/hf
 
 
@@ -203,9 +205,23 @@ def parse_overrides(args: list[str]) -> list[tuple[str, object]]:
     return pairs
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key repeated in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def _yaml_pairs(path: str) -> list[tuple[str, object]]:
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as error:
@@ -232,20 +248,81 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     return cfg
 
 
+def _check(condition: bool, key: str, value, requirement: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key} must be {requirement}, got {value!r}")
+
+
+# (key, test, requirement): ranges that types alone cannot express; NaN fails every comparison
+RANGES = [
+    ("data.max_prompt_tokens", lambda x: x > 0, "> 0"),
+    ("rollout.n", lambda x: x >= 2, ">= 2: group-normalized advantages need several samples"),
+    ("rollout.temperature", lambda x: math.isfinite(x) and x > 0, "finite and > 0"),
+    ("rollout.top_p", lambda x: 0 < x <= 1, "in (0, 1]"),
+    ("rollout.max_response_tokens", lambda x: x > 0, "> 0"),
+    ("rollout.tensor_parallel_size", lambda x: x >= 1, ">= 1"),
+    ("rollout.gpu_memory_utilization", lambda x: 0 < x <= 1, "in (0, 1]"),
+    ("rollout.kv_cache_memory_bytes", lambda x: x >= 0, ">= 0"),
+    ("reward.penalty", lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
+    ("grpo.adv_eps", lambda x: math.isfinite(x) and x > 0, "finite and > 0"),
+    ("grpo.clip_low", lambda x: 0 <= x < 1, "in [0, 1)"),
+    ("grpo.clip_high", lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
+    ("grpo.kl_coef", lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
+    ("grpo.entropy_coef", math.isfinite, "finite"),
+    ("grpo.dynamic_sampling_start_step", lambda x: x >= 0, ">= 0"),
+    ("grpo.max_generation_rounds", lambda x: x >= 1, ">= 1"),
+    ("grpo.tis_cap", lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
+    ("grpo.logprob_chunk_size", lambda x: x > 0, "> 0"),
+    ("train.steps", lambda x: x >= 0, ">= 0"),
+    ("train.batch_size", lambda x: x > 0, "> 0"),
+    ("train.mini_batch_size", lambda x: x > 0, "> 0"),
+    ("train.micro_batch_tokens", lambda x: x > 0, "> 0"),
+    ("train.lr", lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
+    ("train.betas", lambda x: all(0 <= b < 1 for b in x), "two values in [0, 1)"),
+    ("train.weight_decay", lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
+    # clip_grad_norm_ with a negative max flips every update's sign, and 0 zeroes it
+    ("train.grad_clip", lambda x: math.isfinite(x) and x > 0, "finite and > 0"),
+    ("train.warmup_steps", lambda x: x >= 0, ">= 0"),
+    ("train.save_every", lambda x: x >= 0, ">= 0 (0: never)"),
+    ("train.keep_checkpoints", lambda x: x >= 1, ">= 1"),
+    ("logging.log_every", lambda x: x >= 1, ">= 1"),
+    ("logging.samples_every", lambda x: x >= 0, ">= 0 (0: never)"),
+    ("logging.samples_per_dump", lambda x: x >= 0, ">= 0"),
+    ("logging.eval_every", lambda x: x >= 0, ">= 0 (0: never)"),
+    ("logging.eval_max_samples", lambda x: x > 0, "> 0"),
+]
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Required paths, value ranges and cross-field checks that types alone cannot express."""
     if not cfg.model.path:
         raise ConfigError("model.path is required (a local HF model directory)")
     if not cfg.data.path:
         raise ConfigError("data.path is required (a directory written by launch/prepare_data.py)")
-    if cfg.train.mini_batch_size <= 0 or cfg.train.batch_size % cfg.train.mini_batch_size:
+    for key, test, requirement in RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(test(value), key, value, requirement)
+    if cfg.train.batch_size % cfg.train.mini_batch_size:
         raise ConfigError("train.batch_size must be a positive multiple of train.mini_batch_size")
-    if cfg.rollout.n < 2:
-        raise ConfigError("rollout.n must be >= 2: group-normalized advantages need several samples")
-    if not 0 < cfg.rollout.temperature:
-        raise ConfigError("rollout.temperature must be > 0")
     if not cfg.data.chat and cfg.data.think_prefill:
         raise ConfigError("data.think_prefill needs data.chat=true (the <think> turn opens the chat reply)")
+    if cfg.train.overwrite and cfg.train.resume:
+        raise ConfigError("train.overwrite deletes the run that train.resume would continue: use one of them")
+
+
+def check_paths(cfg: Config) -> None:
+    """The input directories exist and are what they claim, before anything is loaded or written."""
+    model = Path(cfg.model.path)
+    if not (model / "config.json").is_file():
+        raise ConfigError(f"model.path: '{model}' is not an HF model directory "
+                          f"({'no config.json in it' if model.is_dir() else 'no such directory'})")
+    if cfg.model.tokenizer_path and not Path(cfg.model.tokenizer_path).is_dir():
+        raise ConfigError(f"model.tokenizer_path: no such directory '{cfg.model.tokenizer_path}'")
+    data = Path(cfg.data.path)
+    if not (data / "manifest.json").is_file():
+        raise ConfigError(f"data.path: '{data}' is not a finished prepared-data directory (no manifest.json; "
+                          "run launch/prepare_data.py)")
 
 
 def to_dict(cfg: Config) -> dict:

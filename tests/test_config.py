@@ -80,3 +80,53 @@ def test_train_cli_fails_fast_naming_the_key():
                              "--grpo.bogus=1"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "grpo.bogus" in result.stderr
+
+
+@pytest.mark.parametrize("arg", [
+    "--train.grad_clip=-1", "--train.grad_clip=0", "--train.grad_clip=nan", "--train.batch_size=0",
+    "--train.mini_batch_size=0", "--rollout.top_p=0", "--rollout.top_p=2", "--train.steps=-5", "--train.lr=nan",
+    "--train.lr=-1e-6", "--train.lr=inf", "--rollout.temperature=inf", "--rollout.temperature=0",
+    "--rollout.temperature=nan", "--train.betas=[0.9, 1.0]", "--train.weight_decay=nan", "--rollout.n=1",
+    "--train.keep_checkpoints=0", "--logging.log_every=0", "--train.micro_batch_tokens=0",
+    "--grpo.clip_low=1.5", "--grpo.max_generation_rounds=0", "--rollout.gpu_memory_utilization=0",
+])
+def test_out_of_range_values_are_refused_naming_the_field(arg):
+    key = arg[2:].split("=")[0]
+    with pytest.raises(ConfigError, match=f"^{key} must be"):
+        load_config(None, PATHS + [arg])
+
+
+def test_boundary_values_are_accepted():
+    cfg = load_config(None, PATHS + ["--rollout.top_p=1", "--train.steps=0", "--train.lr=0",
+                                     "--train.grad_clip=1e-3", "--train.betas=[0.0, 0.999]"])
+    assert (cfg.rollout.top_p, cfg.train.steps, cfg.train.lr) == (1.0, 0, 0.0)
+
+
+def test_duplicate_yaml_key_is_refused_naming_key_and_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("train:\n  lr: 1.0e-4\n  steps: 3\n  lr: 1.0e-2\n")
+    with pytest.raises(ConfigError, match=r"(?s)duplicate key .lr. \(first on line 2\).*line 4"):
+        load_config(str(path), PATHS)
+    path.write_text("train:\n  lr: 1.0e-4\ntrain:\n  steps: 3\n")
+    with pytest.raises(ConfigError, match="duplicate key 'train'"):
+        load_config(str(path), PATHS)
+
+
+def test_overwrite_and_resume_together_are_refused():
+    with pytest.raises(ConfigError, match="train.overwrite .* train.resume"):
+        load_config(None, PATHS + ["--train.overwrite=true", "--train.resume=auto"])
+
+
+def test_check_paths_names_the_missing_path(stories_dir, tiny_data_dir, tmp_path):
+    from rpt.config import check_paths
+
+    good = [f"--model.path={stories_dir}", f"--data.path={tiny_data_dir}"]
+    check_paths(load_config(None, good))
+    with pytest.raises(ConfigError, match=f"model.path: '{tmp_path / 'nope'}' .*no such directory"):
+        check_paths(load_config(None, [f"--model.path={tmp_path / 'nope'}", good[1]]))
+    with pytest.raises(ConfigError, match="model.path: .*no config.json"):
+        check_paths(load_config(None, [f"--model.path={tmp_path}", good[1]]))
+    with pytest.raises(ConfigError, match="data.path: .*no manifest.json"):
+        check_paths(load_config(None, [good[0], f"--data.path={tmp_path}"]))
+    with pytest.raises(ConfigError, match="model.tokenizer_path"):
+        check_paths(load_config(None, good + [f"--model.tokenizer_path={tmp_path / 'nope'}"]))
