@@ -1,9 +1,11 @@
 """FSDP2 (2 ranks, gloo) against one process: sharded training steps, full-weight streaming, HF export and
 DCP checkpoints (a 2-rank checkpoint loads in 1 process)."""
 import os
+import re
 import subprocess
 import sys
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -71,3 +73,93 @@ def test_interrupted_save_leaves_the_previous_checkpoint_latest(tmp_path):
     for step in (3, 4, 5):  # keep=2 prunes the oldest complete ones
         save_checkpoint(tmp_path, model, optimizer, scheduler, step=step, extra={}, keep=2)
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000004", "step_00000005"]
+
+
+def tiny_training_state(lr=1e-2):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    return model, optimizer, scheduler
+
+
+def draw_from_every_rng():
+    import random
+
+    import numpy as np
+
+    return random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(), torch.rand(3).tolist()
+
+
+def test_rank_state_loads_with_weights_only_and_restores_every_rng(tmp_path):
+    import random
+
+    import numpy as np
+
+    from rpt.fsdp import save_checkpoint
+
+    model, optimizer, scheduler = tiny_training_state()
+    random.seed(3), np.random.seed(4), torch.manual_seed(5)
+    random.gauss(0, 1), np.random.randn()  # leave a cached gaussian in both, the state's awkward corner
+    path = save_checkpoint(tmp_path, model, optimizer, scheduler, step=1, extra={"data": {"position": 12}})
+    expected = draw_from_every_rng()
+    small = torch.load(path / "rank0.pt", weights_only=True)  # raises if anything but plain data is inside
+    assert small["step"] == 1 and small["extra"] == {"data": {"position": 12}}
+    fresh, fresh_optimizer, fresh_scheduler = tiny_training_state()
+    draw_from_every_rng()  # move every stream on, so only the load can bring them back
+    step, extra = load_checkpoint(path, fresh, fresh_optimizer, fresh_scheduler)
+    assert (step, extra) == (1, {"data": {"position": 12}})
+    assert draw_from_every_rng() == expected
+
+
+class Payload:
+    """Unpickling this creates a directory: the stand-in for a shell command hidden in a checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("where", ["rank_file", "dcp_metadata", "dcp_item"])
+def test_checkpoint_with_a_code_payload_is_refused(tmp_path, where):
+    import pickle
+
+    from rpt.fsdp import CheckpointError, save_checkpoint
+
+    marker = tmp_path / "payload_ran"
+    model, optimizer, scheduler = tiny_training_state()
+    if where == "dcp_item":  # a non-tensor optimizer item (param-group settings are stored as pickled bytes)
+        optimizer.param_groups[0]["note"] = Payload(marker)
+    path = save_checkpoint(tmp_path / "ckpt", model, optimizer, scheduler, step=1, extra={})
+    if where == "rank_file":
+        torch.save({"step": 1, "scheduler": Payload(marker)}, path / "rank0.pt")
+        named = path / "rank0.pt"
+    elif where == "dcp_metadata":
+        (path / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+        named = path / ".metadata"
+    else:
+        named = "optim.param_groups.0.note"
+    assert not marker.exists()
+    fresh, fresh_optimizer, fresh_scheduler = tiny_training_state()
+    fresh_optimizer.param_groups[0]["note"] = None  # so that the load asks for the planted item
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(named))}: refused to load"):
+        load_checkpoint(path, fresh, fresh_optimizer, fresh_scheduler)
+    assert not marker.exists(), "loading the checkpoint ran the payload"
+
+
+def test_rotation_keeps_this_runs_newest_and_never_touches_another_run(tmp_path):
+    from rpt.fsdp import latest_checkpoint, save_checkpoint
+
+    model, optimizer, scheduler = tiny_training_state()
+    other = save_checkpoint(tmp_path, model, optimizer, scheduler, step=900, extra={}, run_id="old-run")
+    for step in (8, 9, 10, 11):  # crosses a digit: 10 and 11 must sort after 9
+        save_checkpoint(tmp_path, model, optimizer, scheduler, step=step, extra={}, keep=2, run_id="new-run")
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000010", "step_00000011", "step_00000900"]
+    assert other.exists() and latest_checkpoint(tmp_path) == other  # one run per dir is the claim's job
+    (tmp_path / "step_notes").mkdir()  # not a checkpoint: ignored, not a crash
+    assert latest_checkpoint(tmp_path) == other
