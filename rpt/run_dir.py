@@ -1,0 +1,189 @@
+"""A run directory belongs to one run: claiming it, the resume config rules and the log truncation that
+keeps a resumed run's logs free of repeated steps.
+
+    lock = claim_run_dir(out_dir, resume=cfg.train.resume, overwrite=cfg.train.overwrite)  # rank 0 only
+    changes = compare_configs(saved_config_dict, to_dict(cfg))  # on resume: error on an immutable change
+    apply_optimizer_settings(optimizer, scheduler, lr=..., betas=..., weight_decay=...)  # after loading
+    truncate_jsonl(out_dir / "metrics.jsonl", start_step)
+
+The lock is `fcntl.flock` on `output_dir/.lock`, held by rank 0 for the life of the job: the kernel drops
+it when the process dies (kill -9 included), so a crashed job never leaves a stale lock behind. flock works
+across processes of one machine and on NFSv4 (Linux maps it to a POSIX lock there).
+"""
+import fcntl
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from rpt.config import ConfigError
+
+RUN_FILE = "run.json"  # {"run_id": ...}: written when a fresh run claims the directory
+LOCK_FILE = ".lock"
+CONFIG_CHANGES_FILE = "config_changes.jsonl"  # one record per mutable field changed on a resume, with its step
+# What a run writes into its directory; `train.overwrite` deletes exactly these, nothing else a user keeps there
+RUN_ARTIFACTS = (RUN_FILE, "config.yaml", CONFIG_CHANGES_FILE, "checkpoints", "metrics.jsonl", "samples.jsonl",
+                 "tensorboard", "hf")
+
+# Fields that may change when a run is resumed: they take effect from the resumed step on (the optimizer's
+# settings through apply_optimizer_settings, the rest because the loop reads them every step). Every other
+# field, including any added later, must equal the run's: model, data, batch sizes, G, template, reward, seed
+# and the GRPO settings define what the run is.
+MUTABLE_FIELDS = frozenset({
+    "train.steps", "train.lr", "train.betas", "train.weight_decay", "train.warmup_steps", "train.grad_clip",
+    "train.save_every", "train.keep_checkpoints", "train.resume", "train.overwrite", "train.export_hf",
+    "train.output_dir", "train.micro_batch_tokens",  # the loss does not depend on the micro-batch split
+    "model.activation_checkpointing",  # recomputes the same values
+    # how the engine runs, not what it samples from
+    "rollout.gpu_memory_utilization", "rollout.kv_cache_memory_bytes", "rollout.enforce_eager",
+    "rollout.sleep_level", "rollout.offload_optimizer",
+})
+MUTABLE_SECTIONS = frozenset({"logging"})
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+class RunDirLock:
+    """An exclusive flock on `directory/.lock`; released by `release()` or by the death of the process."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / LOCK_FILE
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise RunDirError(f"{directory} is in use by another job ({holder} holds {self.path}); two jobs cannot "
+                              "write one run directory: wait for it to end or choose another train.output_dir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            self.file.close()  # closing the descriptor drops the flock
+
+
+def run_artifacts(directory: Path) -> list[str]:
+    """The names of the run artifacts present in `directory` (empty: no run lives there)."""
+    directory = Path(directory)
+    return [name for name in RUN_ARTIFACTS if (directory / name).exists()]
+
+
+def claim_run_dir(directory: str | Path, resume: str, overwrite: bool) -> tuple[RunDirLock, str]:
+    """Lock `directory` for this job and make sure it holds this run only; -> (lock, run_id). Rank 0 only.
+
+    A fresh run (resume == "") into a directory that holds another run's files is an error naming the way out,
+    unless `overwrite`, which deletes those files (RUN_ARTIFACTS) first. A resume keeps the run's id."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = RunDirLock(directory)
+    try:
+        found = run_artifacts(directory)
+        if resume:
+            run_file = directory / RUN_FILE
+            if run_file.exists():
+                return lock, json.loads(run_file.read_text())["run_id"]
+        elif found and not overwrite:
+            raise RunDirError(
+                f"{directory} holds another run ({', '.join(found)}); a fresh run would mix with it. To continue "
+                "that run pass --resume auto; to start a new one choose another train.output_dir, or pass "
+                f"--train.overwrite=true to delete {', '.join(found)} first")
+        elif found:
+            for name in found:
+                path = directory / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        run_id = uuid.uuid4().hex
+        write_atomic(directory / RUN_FILE, json.dumps({"run_id": run_id}) + "\n")
+        return lock, run_id
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _flatten(config: dict) -> dict[str, object]:
+    return {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()}
+
+
+def _same(old, new) -> bool:
+    if isinstance(old, float) and isinstance(new, float) and math.isnan(old) and math.isnan(new):
+        return True
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        return list(old) == list(new)
+    return old == new
+
+
+def compare_configs(saved: dict, new: dict, defaults: dict | None = None) -> list[tuple[str, object, object]]:
+    """Compare the run's saved config with the resuming job's (both as rpt.config.to_dict gives them).
+
+    A change to a field outside MUTABLE_FIELDS / MUTABLE_SECTIONS raises ConfigError naming every such field
+    with both values; -> [(field, old, new)] for the mutable fields that changed. A field the saved config
+    lacks (written before the field existed) counts as its default from `defaults`."""
+    old = {**_flatten(defaults or {}), **_flatten(saved)}
+    changes = [(key, old.get(key), value) for key, value in _flatten(new).items()
+               if key in old and not _same(old[key], value)]
+    frozen = [(key, a, b) for key, a, b in changes
+              if key not in MUTABLE_FIELDS and key.split(".")[0] not in MUTABLE_SECTIONS]
+    if frozen:
+        listed = "; ".join(f"{key}: {a!r} -> {b!r}" for key, a, b in frozen)
+        raise ConfigError(f"cannot resume with changed {listed} (these fields define the run; resume with the "
+                          "run's values, or start a fresh run in another train.output_dir)")
+    return changes
+
+
+def record_config_changes(directory: str | Path, step: int, changes: list[tuple[str, object, object]]) -> None:
+    """Append one record per changed field, with the step it takes effect after, to config_changes.jsonl."""
+    with open(Path(directory) / CONFIG_CHANGES_FILE, "a") as file:
+        for key, old, new in changes:
+            file.write(json.dumps({"step": step, "field": key, "old": old, "new": new}) + "\n")
+
+
+def apply_optimizer_settings(optimizer, scheduler, lr: float, betas: tuple[float, float],
+                             weight_decay: float) -> None:
+    """Set the resuming config's AdamW settings on every param group after a checkpoint restored the run's.
+
+    Loading a checkpoint restores the optimizer's param groups and the scheduler's base lrs as they were
+    saved; the new lr becomes the scheduler's base, and the current lr is recomputed from the scheduler's
+    multiplier at its restored position (the multiplier itself, e.g. a changed warmup, comes from the
+    scheduler the loop built from the new config)."""
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    current = [lr * scale(scheduler.last_epoch) for scale in scheduler.lr_lambdas]
+    for group, group_lr in zip(optimizer.param_groups, current):
+        group.update(lr=group_lr, initial_lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    scheduler._last_lr = current  # what get_last_lr() reports until the next scheduler.step()
+
+
+def truncate_jsonl(path: str | Path, step: int) -> int:
+    """Keep the records of `path` whose "step" is <= step, drop the rest (the steps a crashed run logged after
+    its last checkpoint, which the resumed run logs again) and any line a kill cut short; -> lines dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    with open(path, "rb") as file:
+        for line in file:
+            try:
+                record = json.loads(line)
+                keep = line.endswith(b"\n") and record["step"] <= step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+    if dropped:
+        write_atomic(path, b"".join(kept))
+    return dropped
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    temporary = path.with_name(path.name + f".tmp{os.getpid()}")
+    temporary.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    os.replace(temporary, path)
