@@ -14,6 +14,7 @@ Rerunning the same command after a crash continues where it stopped. The trainer
 rpt.data.SampleStream, the evaluator with rpt.data.read_samples.
 """
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -21,6 +22,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from rpt.data.entropy import DEFAULT_TRAIN_THRESHOLD, TOP_K  # noqa: E402
 from rpt.data.prepare import prepare  # noqa: E402
 from rpt.dist import cleanup, init_distributed  # noqa: E402
+
+
+def at_least(minimum: int):
+    """An argparse type: an integer >= minimum (argparse names the flag in the error)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = "integer"  # argparse's "invalid integer value" for text that is no number
+    return parse
+
+
+def finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,21 +59,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "buckets (the paper: the policy, R1-Distill-Qwen-14B; default: --proxy)")
     parser.add_argument("--tokenizer", default=None, help="policy tokenizer directory (default: the proxy's)")
     parser.add_argument("--fields", default="problem,solution", help="jsonl/parquet text fields, comma-separated")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_TRAIN_THRESHOLD,
+    parser.add_argument("--threshold", type=finite_float, default=DEFAULT_TRAIN_THRESHOLD,
                         help="training keeps positions with entropy above this (nats)")
-    parser.add_argument("--heldout-docs", type=int, default=200, help="documents held out for validation")
-    parser.add_argument("--max-docs", type=int, default=None, help="use only the first N good documents")
-    parser.add_argument("--min-context", type=int, default=32, help="no sample before this many tokens")
-    parser.add_argument("--continuation-tokens", type=int, default=None,
+    parser.add_argument("--heldout-docs", type=at_least(0), default=200, help="documents held out for validation")
+    parser.add_argument("--max-docs", type=at_least(1), default=None, help="use only the first N good documents")
+    parser.add_argument("--min-context", type=at_least(1), default=32, help="no sample before this many tokens")
+    parser.add_argument("--continuation-tokens", type=at_least(1), default=None,
                         help="cap each sample's ground truth at N tokens (default: the rest of the document, "
                              "as Eq. 3's x_>=t)")
-    parser.add_argument("--max-context", type=int, default=4096, help="contexts are left-truncated to this")
-    parser.add_argument("--top-k", type=int, default=TOP_K, help="entropy over the k largest logits")
-    parser.add_argument("--docs-per-chunk", type=int, default=64, help="documents per shard (unit of resume)")
-    parser.add_argument("--batch-tokens", type=int, default=16384, help="tokens per proxy forward (rows x length)")
-    parser.add_argument("--head-chunk", type=int, default=256, help="positions per LM-head matmul")
-    parser.add_argument("--max-record-bytes", type=int, default=1 << 20, help="larger records are skipped")
-    parser.add_argument("--max-bad-fraction", type=float, default=0.01, help="more bad records is an error")
+    parser.add_argument("--max-context", type=at_least(1), default=4096, help="contexts are left-truncated to this")
+    parser.add_argument("--top-k", type=at_least(1), default=TOP_K, help="entropy over the k largest logits")
+    parser.add_argument("--docs-per-chunk", type=at_least(1), default=64, help="documents per shard (unit of resume)")
+    parser.add_argument("--batch-tokens", type=at_least(1), default=16384, help="tokens per proxy forward (rows x length)")
+    parser.add_argument("--head-chunk", type=at_least(1), default=256, help="positions per LM-head matmul")
+    parser.add_argument("--max-record-bytes", type=at_least(1), default=1 << 20, help="larger records are skipped")
+    parser.add_argument("--max-bad-fraction", type=fraction, default=0.01, help="more bad records is an error")
     parser.add_argument("--seed", type=int, default=0, help="held-out document selection")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     return parser.parse_args(argv)

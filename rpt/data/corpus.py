@@ -1,14 +1,17 @@
 """Documents from a text corpus, streamed in a fixed order, and the next-token-reasoning samples cut from
 their token ids (PAPER.md 1 and 3).
 
-Formats, chosen by file extension:
+Formats, chosen by file extension (any case; `.jsonl`, `.json` and `.txt` may be gzipped: `.jsonl.gz`):
 - `.jsonl`: one JSON object per line; the chosen text fields (OmniMATH: `problem`, `solution`) are joined
   with a blank line.
+- `.json`: a JSON array of such objects (sources are `file:index`, 1-based; the array is read whole), or,
+  when the file does not start with `[`, JSON lines as above.
 - `.parquet`: one row per document, same fields; read batch by batch with pyarrow.
 - `.txt`: documents separated by a line holding only `<|endoftext|>` (the TinyStories / GPT-2 dump
   convention); a file without a separator is one document.
-A directory stands for its files with these extensions, sorted by name. Nothing is held in memory beyond the
-current record, so a corpus larger than memory streams.
+A directory stands for every file with these extensions below it, in the order of their relative paths;
+`list_corpus_files` lists the other files it skipped and why. Nothing but a `.json` array is held in memory
+beyond the current record, so a corpus larger than memory streams.
 
 Bad records are skipped, never silently: each is counted by kind and remembered with its `file:line`
 (parquet: `file:row`, 1-based) in a `BadRecordReport`; `check()` turns too many of them into an error.
@@ -17,22 +20,26 @@ the held-out split cannot leak into training (OmniMATH-Rule has 5 duplicated row
 
 Deviation from the paper: none in substance; the paper does not say how problem and solution are joined.
 """
+import gzip
 import hashlib
 import json
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rpt.data.sample import Sample
 
-CORPUS_SUFFIXES = (".jsonl", ".parquet", ".txt")
+CORPUS_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt", ".jsonl.gz", ".json.gz", ".txt.gz")
 TXT_DOC_SEPARATOR = "<|endoftext|>"
-# Kinds of skipped records; the last one is not an error (see module docstring).
-BAD_KINDS = ("invalid_utf8", "invalid_json", "not_an_object", "missing_field", "field_not_text", "empty_text",
-             "oversize")
+# Kinds of skipped records; the last one is not an error (see module docstring). `unreadable_file`: a file
+# whose bytes stop making sense mid-way (a truncated .gz, a damaged parquet); the records before it are kept.
+BAD_KINDS = ("invalid_utf8", "lone_surrogate", "invalid_json", "not_an_object", "missing_field", "field_not_text",
+             "empty_text", "oversize", "unreadable_file")
 DUPLICATE_KIND = "duplicate"
 
 
@@ -81,21 +88,45 @@ class BadRecordReport:
                 "entries": [list(entry) for entry in self.entries]}
 
 
-def list_corpus_files(paths: list[str | Path]) -> list[Path]:
-    """Expand directories into their corpus files (sorted by name); keep the order of the given paths."""
+def corpus_format(path: Path) -> str | None:
+    """The entry of CORPUS_SUFFIXES that `path` ends with, case-insensitively (None: not a corpus file)."""
+    name = path.name.lower()
+    return next((suffix for suffix in sorted(CORPUS_SUFFIXES, key=len, reverse=True) if name.endswith(suffix)), None)
+
+
+def list_corpus_files(paths: list[str | Path], skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Expand directories into the corpus files below them (recursively, ordered by relative path); keep the
+    order of the given paths. Files a directory holds that are not read are appended to `skipped` as
+    (path, reason)."""
+    skipped = skipped if skipped is not None else []
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix in CORPUS_SUFFIXES)
-        elif path.suffix in CORPUS_SUFFIXES:
+            for child in sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).parts):
+                if any(part.startswith(".") for part in child.relative_to(path).parts):
+                    skipped.append((child, "hidden"))
+                elif corpus_format(child) is None:
+                    skipped.append((child, f"not a corpus format (expected one of {', '.join(CORPUS_SUFFIXES)})"))
+                else:
+                    files.append(child)
+        elif corpus_format(path) is not None:
             if not path.is_file():
                 raise FileNotFoundError(f"corpus file not found: {path}")
             files.append(path)
         else:
-            raise ValueError(f"unknown corpus format '{path.suffix}' for {path} (expected one of {CORPUS_SUFFIXES})")
+            raise ValueError(f"unknown corpus format for {path} (expected one of {CORPUS_SUFFIXES})")
     if not files:
         raise ValueError(f"no corpus files in {paths}")
     return files
+
+
+def file_digest(path: Path) -> str:
+    """BLAKE2b of a file's bytes: the corpus's identity when a killed prepare run resumes."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as file:
+        while block := file.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_documents(paths: list[str | Path], fields: tuple[str, ...] = ("problem", "solution"),
@@ -111,16 +142,19 @@ def read_documents(paths: list[str | Path], fields: tuple[str, ...] = ("problem"
     seen_hashes: set[bytes] = set()
     doc_id = 0
     for path in list_corpus_files(paths):
-        readers = {".jsonl": _read_jsonl, ".parquet": _read_parquet, ".txt": _read_txt}
-        records = readers[path.suffix](path, fields, max_record_bytes, txt_separator)
-        for source, text, kind, detail in records:
+        for source, text, kind, detail in _read_records(path, fields, max_record_bytes, txt_separator):
             report.records_read += 1
             if kind is None and not text.strip():
                 kind = "empty_text"
+            if kind is None:
+                try:
+                    encoded = text.encode("utf-8")
+                except UnicodeEncodeError as error:  # JSON's "\ud800" escape decodes to a lone surrogate
+                    kind, detail = "lone_surrogate", f"character {error.start} of the text"
             if kind is not None:
                 report.add(source, kind, detail)
                 continue
-            digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+            digest = hashlib.blake2b(encoded, digest_size=16).digest()
             if drop_duplicates and digest in seen_hashes:
                 report.add(source, DUPLICATE_KIND)
                 continue
@@ -131,6 +165,23 @@ def read_documents(paths: list[str | Path], fields: tuple[str, ...] = ("problem"
 
 # Each reader yields (source, text, bad_kind, detail); bad_kind is None for a good record.
 RecordTuple = tuple[str, str, str | None, str]
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _read_records(path: Path, fields, max_record_bytes: int, separator: str) -> Iterator[RecordTuple]:
+    """The records of one file; a file that breaks off mid-way ends with one `unreadable_file` record."""
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".txt": _read_txt}
+    kind = corpus_format(path).removesuffix(".gz")
+    count = 0
+    try:
+        for record in readers[kind](path, fields, max_record_bytes, separator):
+            count += 1
+            yield record
+    except (OSError, EOFError, zlib.error, pa.ArrowException) as error:
+        yield f"{path}:{count + 1}", "", "unreadable_file", f"{type(error).__name__}: {error}"
 
 
 def _join_fields(record, fields: tuple[str, ...]) -> tuple[str, str | None, str]:
@@ -145,8 +196,27 @@ def _join_fields(record, fields: tuple[str, ...]) -> tuple[str, str | None, str]
     return "\n\n".join(record[name] for name in fields), None, ""
 
 
+def _read_json(path: Path, fields, max_record_bytes: int, separator: str) -> Iterator[RecordTuple]:
+    with _open(path) as file:
+        head = file.read(4096).lstrip()
+    if not head.startswith(b"["):
+        yield from _read_jsonl(path, fields, max_record_bytes, separator)
+        return
+    with _open(path) as file:
+        try:
+            records = json.loads(file.read().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            yield f"{path}:1", "", "invalid_json", f"the array does not parse: {error}"
+            return
+    for index, record in enumerate(records, start=1):
+        text, kind, detail = _join_fields(record, fields)
+        if kind is None and len(text.encode("utf-8", "surrogatepass")) > max_record_bytes:
+            kind, detail = "oversize", f"> {max_record_bytes} bytes"
+        yield f"{path}:{index}", text, kind, detail
+
+
 def _read_jsonl(path: Path, fields, max_record_bytes: int, separator: str) -> Iterator[RecordTuple]:
-    with open(path, "rb") as file:
+    with _open(path) as file:
         line_number = 0
         while True:
             line = file.readline(max_record_bytes + 2)
@@ -205,7 +275,7 @@ def _read_txt(path: Path, fields, max_record_bytes: int, separator: str) -> Iter
 
     separator_bytes = separator.encode("utf-8")
     pieces, size, start_line = [], 0, 1
-    with open(path, "rb") as file:
+    with _open(path) as file:
         for line_number, line in enumerate(file, start=1):
             if line.rstrip(b"\r\n") == separator_bytes:
                 record = finish(start_line, pieces, size)

@@ -36,10 +36,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from rpt.data.corpus import BadRecordReport, list_corpus_files, read_documents
+from rpt.data.corpus import BadRecordReport, file_digest, list_corpus_files, read_documents
 from rpt.data.entropy import DEFAULT_TRAIN_THRESHOLD, DIFFICULTY_THRESHOLDS, TOP_K, score_documents
 from rpt.data.prompts import special_prefix_ids
-from rpt.data.samples_io import SPLITS, chunk_path, read_docs, split_positions, write_chunk
+from rpt.data.samples_io import SPLITS, chunk_path, read_docs, split_positions, vocabulary_sha256, write_chunk
 from rpt.dist import print0
 from rpt.model import load_model, load_tokenizer
 
@@ -48,9 +48,8 @@ KILL_AFTER_CHUNKS_ENV = "RPT_PREPARE_KILL_AFTER_CHUNKS"  # test hook: SIGKILL th
 
 
 def describe_tokenizer(tokenizer) -> dict:
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
     return {"path": str(Path(tokenizer.name_or_path).resolve()), "class": type(tokenizer).__name__,
-            "vocab_size": len(tokenizer), "vocab_sha256": hashlib.sha256(vocab.encode("utf-8")).hexdigest()}
+            "vocab_size": len(tokenizer), "vocab_sha256": vocabulary_sha256(tokenizer)}
 
 
 def describe_model(path: str | Path, model) -> dict:
@@ -107,14 +106,20 @@ def prepare(corpus: str | Path | list, proxy: str | Path, out: str | Path, token
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(out)
-    files = list_corpus_files(corpus if isinstance(corpus, (list, tuple)) else [corpus])
+    skipped_files = []
+    files = list_corpus_files(corpus if isinstance(corpus, (list, tuple)) else [corpus], skipped_files)
+    for path, reason in skipped_files:
+        print0(f"skipped {path}: {reason}")
     policy_tokenizer = load_policy_tokenizer(proxy, tokenizer, split_proxy)
     prefix_ids = special_prefix_ids(policy_tokenizer)
     model, window = load_scorer(proxy, policy_tokenizer, max_context, prefix_ids, dtype, device)
     split_model, split_window = (model, window) if split_proxy is None else load_scorer(
         split_proxy, policy_tokenizer, max_context, prefix_ids, dtype, device)
 
-    args = {"corpus": [{"path": str(f.resolve()), "bytes": f.stat().st_size} for f in files],
+    # the content digest, not just path and size: a corpus edited between a killed run and its rerun must not
+    # mix stale chunks with new ones
+    args = {"corpus": [{"path": str(f.resolve()), "bytes": f.stat().st_size, "blake2b": file_digest(f)}
+                       for f in files],
             "fields": list(fields), "threshold": threshold, "heldout_docs": heldout_docs, "max_docs": max_docs,
             "min_context": min_context, "continuation_tokens": continuation_tokens, "max_context": max_context,
             "top_k": top_k, "docs_per_chunk": docs_per_chunk, "batch_tokens": batch_tokens,
@@ -123,23 +128,29 @@ def prepare(corpus: str | Path | list, proxy: str | Path, out: str | Path, token
             "proxy": describe_model(proxy, model),
             "split_proxy": describe_model(proxy if split_proxy is None else split_proxy, split_model)}
     args_path = out / "prepare_args.json"
-    if args_path.exists() and json.loads(args_path.read_text()) != args:
-        raise ValueError(f"{out} holds a run with other arguments ({args_path}); use a fresh --out directory")
+    if args_path.exists():
+        saved = json.loads(args_path.read_text())
+        if saved != args:
+            changed = sorted(key for key in {*saved, *args} if saved.get(key) != args.get(key))
+            raise ValueError(f"{out} holds a run with other arguments ({args_path}: {', '.join(changed)} differ); "
+                             "use a fresh --out directory")
     if (out / "manifest.json").exists():
         print0(f"{out} is complete; nothing to do")
         return json.loads((out / "manifest.json").read_text())
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(args_path, args)
-    _barrier()
 
-    # 1. count good documents, report bad ones
+    # 1. count good documents, report bad ones; a refused run leaves no prepare_args.json behind
     report = BadRecordReport()
     num_docs = sum(1 for _ in _documents(files, fields, max_record_bytes, report, max_docs))
     print0(report.format())
     report.check(max_bad_fraction)
     if num_docs <= heldout_docs:
         raise ValueError(f"{num_docs} documents cannot leave {heldout_docs} held out and any for training")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        for stray in [*out.glob("*.tmp[0-9]*"), *out.glob("docs/*.tmp[0-9]*")]:
+            stray.unlink()  # a write a kill interrupted (write_chunk, _write_json_atomic)
+        _write_json_atomic(args_path, args)
+    _barrier()
 
     # 2. held-out documents (paper: 200 held-out OmniMATH samples)
     heldout = set(random.Random(seed).sample(range(num_docs), heldout_docs))
@@ -177,7 +188,8 @@ def prepare(corpus: str | Path | list, proxy: str | Path, out: str | Path, token
 
     # 4. manifest
     if rank == 0:
-        manifest = _build_manifest(out, num_chunks, args, report, window, split_window, threshold, min_context)
+        manifest = _build_manifest(out, num_chunks, args, report, window, split_window, threshold, min_context,
+                                   skipped_files)
         _write_json_atomic(out / "manifest.json", manifest)
         print0(f"wrote {out}: docs {manifest['docs']}, samples {manifest['samples']}")
     _barrier()
@@ -211,7 +223,8 @@ def _score_chunk(token_ids: list[list[int]], is_heldout: list[bool], scorer, spl
 
 
 def _build_manifest(out: Path, num_chunks: int, args: dict, report: BadRecordReport, window: int,
-                    split_window: int, threshold: float, min_context: int) -> dict:
+                    split_window: int, threshold: float, min_context: int,
+                    skipped_files: list[tuple[Path, str]]) -> dict:
     docs = read_docs(out, num_chunks)
     thresholds = {"train": threshold, **DIFFICULTY_THRESHOLDS}
     lengths = np.diff(docs.offsets)
@@ -242,6 +255,7 @@ def _build_manifest(out: Path, num_chunks: int, args: dict, report: BadRecordRep
         "proxy": args["proxy"],  # scored the training documents (split "train")
         "split_proxy": args["split_proxy"],  # scored the held-out documents (splits easy, medium, hard)
         "skipped_records": bad,
+        "skipped_files": [[str(path), reason] for path, reason in skipped_files],
     }
 
 

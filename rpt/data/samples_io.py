@@ -17,6 +17,7 @@ sample's continuation is the rest of its document (Eq. 3's x_>=t) unless the dat
 (`continuation_tokens` in the manifest).
 Readers hold the token ids and entropies of all documents in memory (8 bytes per corpus token).
 """
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -74,6 +75,26 @@ def read_manifest(data_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{path} not found: {data_dir} is not a finished prepared-data directory "
                                 "(run launch/prepare_data.py, or rerun it to finish an interrupted run)")
     return json.loads(path.read_text())
+
+
+def vocabulary_sha256(tokenizer) -> str:
+    """SHA-256 of the tokenizer's (token, id) pairs: the identity of what the data's token ids mean."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    return hashlib.sha256(vocab.encode("utf-8")).hexdigest()
+
+
+def check_vocabulary(data_dir: str | Path, tokenizer) -> None:
+    """The prepared data's token ids are the policy tokenizer's: compare the vocabulary hash the manifest
+    recorded with `tokenizer`'s, so a mismatch fails before a model is loaded (it would otherwise train on
+    meaningless ids, or fail later on an id past the embedding)."""
+    recorded = read_manifest(data_dir)["tokenizer"]
+    actual = vocabulary_sha256(tokenizer)
+    if recorded["vocab_sha256"] != actual:
+        raise ValueError(
+            f"{data_dir} was tokenized with {recorded['path']} ({recorded['vocab_size']} tokens, vocabulary sha256 "
+            f"{recorded['vocab_sha256'][:16]}), but the policy tokenizer {tokenizer.name_or_path} has "
+            f"{len(tokenizer)} tokens, vocabulary sha256 {actual[:16]}: prepare the data with the policy's "
+            "tokenizer (launch/prepare_data.py --tokenizer) or use the policy the data was made for")
 
 
 def read_docs(data_dir: str | Path, num_chunks: int) -> PreparedDocs:

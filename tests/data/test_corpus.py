@@ -1,10 +1,11 @@
+import gzip
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rpt.data.corpus import BadRecordReport, make_sample, read_documents
+from rpt.data.corpus import BadRecordReport, list_corpus_files, make_sample, read_documents
 
 
 def write_planted_jsonl(path, oversize_bytes=200):
@@ -103,3 +104,57 @@ def test_make_sample_truncates_context_on_the_left():
     assert make_sample(ids, 2, 4, 2, 0).context_ids == [100, 101]
     with pytest.raises(ValueError):
         make_sample(ids, 20, 4, 2, 0)
+
+
+def test_lone_surrogate_is_a_bad_record_not_a_crash(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"problem": "P1", "solution": "S1"}\n'
+                    '{"problem": "half a pair \\ud800", "solution": "S2"}\n'  # valid JSON, not encodable text
+                    '{"problem": "P3 \\ud83d\\ude00", "solution": "S3"}\n')  # a whole pair: a real character
+    report = BadRecordReport()
+    documents = list(read_documents([path], report=report))
+    assert [d.text for d in documents] == ["P1\n\nS1", "P3 \U0001F600\n\nS3"]
+    assert [entry[:2] for entry in report.entries] == [(f"{path}:2", "lone_surrogate")]
+    assert report.num_bad == 1 and f"{path}:2: lone_surrogate" in report.format()
+
+
+def test_directory_is_read_recursively_in_a_stable_order_listing_what_was_skipped(tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "b" / "deeper").mkdir(parents=True)
+    (corpus / ".cache").mkdir()
+    record = lambda text: json.dumps({"problem": text, "solution": "s"}) + "\n"  # noqa: E731
+    (corpus / "A.JSONL").write_text(record("upper-case suffix"))
+    with gzip.open(corpus / "b" / "c.jsonl.gz", "wt") as file:
+        file.write(record("gzipped 1") + record("gzipped 2"))
+    (corpus / "b" / "deeper" / "d.json").write_text(json.dumps([{"problem": "array 1", "solution": "s"},
+                                                                {"problem": "array 2"}]))
+    (corpus / "b" / "e.json").write_text(record("json lines in a .json"))
+    with gzip.open(corpus / "f.txt.gz", "wt") as file:
+        file.write("story one\n<|endoftext|>\nstory two\n")
+    (corpus / "notes.md").write_text("not a corpus")
+    (corpus / ".cache" / "x.jsonl").write_text(record("hidden"))
+    (corpus / "g.jsonl.tmp123").write_text(record("a temp file"))
+    skipped = []
+    files = list_corpus_files([corpus], skipped)
+    assert [f.relative_to(corpus).as_posix() for f in files] == [
+        "A.JSONL", "b/c.jsonl.gz", "b/deeper/d.json", "b/e.json", "f.txt.gz"]
+    assert [(p.relative_to(corpus).as_posix(), reason.split(" (")[0]) for p, reason in skipped] == [
+        (".cache/x.jsonl", "hidden"), ("g.jsonl.tmp123", "not a corpus format"), ("notes.md", "not a corpus format")]
+    report = BadRecordReport()
+    documents = list(read_documents([corpus], report=report))
+    assert [d.text.split("\n\n")[0] for d in documents] == [
+        "upper-case suffix", "gzipped 1", "gzipped 2", "array 1", "json lines in a .json", "story one", "story two"]
+    assert documents[3].source == f"{corpus}/b/deeper/d.json:1"
+    assert [entry[:2] for entry in report.entries] == [(f"{corpus}/b/deeper/d.json:2", "missing_field")]
+
+
+def test_truncated_gzip_keeps_the_records_before_the_break(tmp_path):
+    path = tmp_path / "c.jsonl.gz"
+    lines = "".join(json.dumps({"problem": f"p{i} " + "x" * 50, "solution": "s"}) + "\n" for i in range(200))
+    compressed = gzip.compress(lines.encode())
+    path.write_bytes(compressed[:len(compressed) // 2])  # a download or copy cut off mid-file
+    report = BadRecordReport()
+    documents = list(read_documents([path], report=report))
+    assert 0 < len(documents) < 200
+    assert [d.text.split(" ")[0] for d in documents] == [f"p{i}" for i in range(len(documents))]
+    assert report.entries[-1][:2] == (f"{path}:{len(documents) + 1}", "unreadable_file")

@@ -102,8 +102,10 @@ def test_killed_run_resumes_to_the_same_output(reference, corpus, stories_dir, t
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert len(list((out / "docs").glob("chunk-*.parquet"))) == 2 and not (out / "manifest.json").exists()
     (out / "docs" / "chunk-000002.parquet.tmp999").write_bytes(b"half-written")  # as a kill mid-write leaves
+    (out / "manifest.json.tmp998").write_text("{")
     prepare_single_threaded(corpus, stories_dir, out)  # the rerun, in this process to save a launch
     assert read_output(out) == read_output(reference[0])
+    assert not list(out.glob("**/*.tmp[0-9]*")), "stray temporary files of the killed run were left behind"
 
 
 def test_rerun_is_a_no_op_and_other_arguments_are_refused(reference, corpus, stories_dir):
@@ -113,10 +115,44 @@ def test_rerun_is_a_no_op_and_other_arguments_are_refused(reference, corpus, sto
         prepare_single_threaded(corpus, stories_dir, out, threshold=0.7)
 
 
-def test_too_many_bad_records_stop_the_run_before_scoring(corpus, stories_dir, tmp_path):
+def test_too_many_bad_records_stop_the_run_before_scoring(reference, corpus, stories_dir, tmp_path):
     with pytest.raises(ValueError, match="3 of 19 records are bad"):
         prepare(corpus, stories_dir, tmp_path / "out", max_bad_fraction=0.1, progress=False, **OPTIONS)
     assert not (tmp_path / "out" / "docs").exists()
+    assert not (tmp_path / "out" / "prepare_args.json").exists()  # or the relaxed rerun would be refused
+    prepare_single_threaded(corpus, stories_dir, tmp_path / "out")  # max_bad_fraction 0.3
+    assert read_output(tmp_path / "out") == read_output(reference[0])
+
+
+def test_corpus_edited_between_a_killed_run_and_its_rerun_is_refused(corpus, stories_dir, tmp_path):
+    edited = tmp_path / "corpus.jsonl"
+    edited.write_bytes(corpus.read_bytes())
+    out = tmp_path / "out"
+    prepare_single_threaded(edited, stories_dir, out)
+    (out / "manifest.json").unlink()  # as a kill before the manifest leaves it
+    (out / "docs" / "chunk-000005.parquet").unlink()
+    text = edited.read_bytes()
+    edited.write_bytes(text.replace(b"Let", b"LET", 1))  # same path, same size, other content
+    assert edited.stat().st_size == len(text)
+    with pytest.raises(ValueError, match=r"other arguments \(.*prepare_args.json: corpus differ\)"):
+        prepare_single_threaded(edited, stories_dir, out)
+
+
+@pytest.mark.parametrize("flag, value", [("--docs-per-chunk", "0"), ("--top-k", "0"), ("--threshold", "nan"),
+                                         ("--threshold", "inf"), ("--continuation-tokens", "0"),
+                                         ("--max-bad-fraction", "1.5"), ("--max-context", "-1"),
+                                         ("--heldout-docs", "-3")])
+def test_cli_refuses_out_of_range_values_naming_the_flag(flag, value, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prepare_data_cli", SCRIPT)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    required = ["--corpus", "c.jsonl", "--proxy", "p", "--out", "o"]
+    assert cli.parse_args(required).top_k == 16
+    with pytest.raises(SystemExit):
+        cli.parse_args(required + [flag, value])
+    assert f"argument {flag}: must be" in capsys.readouterr().err
 
 
 def test_entropies_on_disk_are_the_proxy_scores(reference, stories_dir, stories_tokenizer):

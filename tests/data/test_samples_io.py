@@ -117,3 +117,17 @@ def test_validation_split_stream_in_corpus_order(data_dir):
     expected = [(d, t) for d, t, _, _ in brute_force_samples(docs, "hard")]
     assert keys(stream.next_batch(len(expected))) == expected
     assert stream.epoch == 1
+
+
+def test_vocabulary_check_names_both_tokenizers(tiny_data_dir, stories_tokenizer, qwen2_tokenizer):
+    from rpt.data.prepare import describe_tokenizer
+    from rpt.data.samples_io import check_vocabulary, read_manifest, vocabulary_sha256
+
+    assert read_manifest(tiny_data_dir)["tokenizer"]["vocab_sha256"] == vocabulary_sha256(stories_tokenizer)
+    assert describe_tokenizer(qwen2_tokenizer)["vocab_sha256"] == vocabulary_sha256(qwen2_tokenizer)
+    check_vocabulary(tiny_data_dir, stories_tokenizer)  # the tokenizer the data was made with
+    with pytest.raises(ValueError) as error:
+        check_vocabulary(tiny_data_dir, qwen2_tokenizer)
+    message = str(error.value)
+    assert "stories260K (512 tokens" in message and f"{qwen2_tokenizer.name_or_path} has {len(qwen2_tokenizer)}" in message
+    assert vocabulary_sha256(stories_tokenizer)[:16] in message and vocabulary_sha256(qwen2_tokenizer)[:16] in message
