@@ -18,7 +18,11 @@ import shutil
 import uuid
 from pathlib import Path
 
+import torch.distributed as dist
+import yaml
+
 from rpt.config import ConfigError
+from rpt.fsdp import read_checkpoint_meta
 
 RUN_FILE = "run.json"  # {"run_id": ...}: written when a fresh run claims the directory
 LOCK_FILE = ".lock"
@@ -77,11 +81,31 @@ def run_artifacts(directory: Path) -> list[str]:
     return [name for name in RUN_ARTIFACTS if (directory / name).exists()]
 
 
-def claim_run_dir(directory: str | Path, resume: str, overwrite: bool) -> tuple[RunDirLock, str]:
-    """Lock `directory` for this job and make sure it holds this run only; -> (lock, run_id). Rank 0 only.
+def claim_run_dir(directory: str | Path, resume: str, overwrite: bool) -> tuple[RunDirLock | None, str]:
+    """Lock `directory` for this job and make sure it holds this run only; -> (lock, run_id).
 
     A fresh run (resume == "") into a directory that holds another run's files is an error naming the way out,
-    unless `overwrite`, which deletes those files (RUN_ARTIFACTS) first. A resume keeps the run's id."""
+    unless `overwrite`, which deletes those files (RUN_ARTIFACTS) first. A resume keeps the run's id. Under a
+    process group, rank 0 claims and holds the lock (None elsewhere); every rank returns the run id or raises
+    rank 0's error, so no rank is left waiting in a collective."""
+    if not dist.is_initialized():
+        return _claim(directory, resume, overwrite)
+    lock, outcome = None, None
+    if dist.get_rank() == 0:
+        try:
+            lock, run_id = _claim(directory, resume, overwrite)
+            outcome = ("claimed", run_id)
+        except RunDirError as error:
+            outcome = ("refused", str(error))
+    box = [outcome]
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "refused":
+        raise RunDirError(value)
+    return lock, value
+
+
+def _claim(directory: str | Path, resume: str, overwrite: bool) -> tuple[RunDirLock, str]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     lock = RunDirLock(directory)
@@ -136,6 +160,15 @@ def compare_configs(saved: dict, new: dict, defaults: dict | None = None) -> lis
         raise ConfigError(f"cannot resume with changed {listed} (these fields define the run; resume with the "
                           "run's values, or start a fresh run in another train.output_dir)")
     return changes
+
+
+def saved_run_config(checkpoint: Path, directory: Path) -> dict | None:
+    """The config a resumed checkpoint was trained with: its meta.json's, else the run dir's config.yaml
+    (a checkpoint written before checkpoints carried their config); None if neither exists."""
+    config = read_checkpoint_meta(checkpoint).get("config")
+    if config is None and (Path(directory) / "config.yaml").exists():
+        config = yaml.safe_load((Path(directory) / "config.yaml").read_text())
+    return config
 
 
 def record_config_changes(directory: str | Path, step: int, changes: list[tuple[str, object, object]]) -> None:

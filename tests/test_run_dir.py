@@ -152,3 +152,22 @@ def test_truncate_jsonl_keeps_steps_up_to_the_checkpoint_and_drops_a_torn_line(t
     assert path.read_text() == "".join(lines[:4])
     assert truncate_jsonl(path, 3) == 0 and truncate_jsonl(tmp_path / "absent.jsonl", 3) == 0
     assert truncate_jsonl(path, 0) == 4 and path.read_text() == ""
+
+
+def test_saved_run_config_prefers_the_checkpoints_own(tmp_path):
+    from rpt.config import save_config
+    from rpt.fsdp import save_checkpoint
+    from rpt.run_dir import saved_run_config
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    run_config, dir_config = Config(), Config()
+    run_config.train.lr, dir_config.train.lr = 3e-4, 5e-5
+    save_config(dir_config, tmp_path / "config.yaml")
+    with_config = save_checkpoint(tmp_path / "checkpoints", model, optimizer, scheduler, step=1, extra={},
+                                  config=to_dict(run_config))
+    assert saved_run_config(with_config, tmp_path)["train"]["lr"] == 3e-4
+    without = save_checkpoint(tmp_path / "checkpoints", model, optimizer, scheduler, step=2, extra={})
+    assert saved_run_config(without, tmp_path)["train"]["lr"] == 5e-5
+    assert saved_run_config(without, tmp_path / "elsewhere") is None
