@@ -173,6 +173,8 @@ def saved_run_config(checkpoint: Path, directory: Path) -> dict | None:
 
 def record_config_changes(directory: str | Path, step: int, changes: list[tuple[str, object, object]]) -> None:
     """Append one record per changed field, with the step it takes effect after, to config_changes.jsonl."""
+    if not changes:
+        return
     with open(Path(directory) / CONFIG_CHANGES_FILE, "a") as file:
         for key, old, new in changes:
             file.write(json.dumps({"step": step, "field": key, "old": old, "new": new}) + "\n")

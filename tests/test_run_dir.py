@@ -101,6 +101,8 @@ def test_mutable_changes_are_returned_and_missing_saved_fields_count_as_defaults
 
 
 def test_config_changes_are_recorded_with_their_step(tmp_path):
+    record_config_changes(tmp_path, 10, [])
+    assert not (tmp_path / "config_changes.jsonl").exists()
     record_config_changes(tmp_path, 40, [("train.lr", 1e-6, 1e-5)])
     record_config_changes(tmp_path, 90, [("train.steps", 100, 200)])
     lines = [json.loads(line) for line in (tmp_path / "config_changes.jsonl").read_text().splitlines()]
