@@ -37,14 +37,16 @@ RUN_ARTIFACTS = (RUN_FILE, "config.yaml", CONFIG_CHANGES_FILE, "checkpoints", "m
 # and the GRPO settings define what the run is.
 MUTABLE_FIELDS = frozenset({
     "train.steps", "train.lr", "train.betas", "train.weight_decay", "train.warmup_steps", "train.grad_clip",
-    "train.save_every", "train.keep_checkpoints", "train.resume", "train.overwrite", "train.export_hf",
-    "train.output_dir", "train.micro_batch_tokens",  # the loss does not depend on the micro-batch split
+    "train.save_every", "train.keep_checkpoints", "train.export_hf", "train.output_dir",
+    "train.micro_batch_tokens",  # the loss does not depend on the micro-batch split
     "model.activation_checkpointing",  # recomputes the same values
     # how the engine runs, not what it samples from
     "rollout.gpu_memory_utilization", "rollout.kv_cache_memory_bytes", "rollout.enforce_eager",
     "rollout.sleep_level", "rollout.offload_optimizer",
 })
 MUTABLE_SECTIONS = frozenset({"logging"})
+# How this job starts, not what the run is: never compared
+JOB_FIELDS = frozenset({"train.resume", "train.overwrite"})
 
 
 class RunDirError(RuntimeError):
@@ -152,7 +154,7 @@ def compare_configs(saved: dict, new: dict, defaults: dict | None = None) -> lis
     lacks (written before the field existed) counts as its default from `defaults`."""
     old = {**_flatten(defaults or {}), **_flatten(saved)}
     changes = [(key, old.get(key), value) for key, value in _flatten(new).items()
-               if key in old and not _same(old[key], value)]
+               if key in old and key not in JOB_FIELDS and not _same(old[key], value)]
     frozen = [(key, a, b) for key, a, b in changes
               if key not in MUTABLE_FIELDS and key.split(".")[0] not in MUTABLE_SECTIONS]
     if frozen:

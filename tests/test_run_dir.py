@@ -92,6 +92,7 @@ def test_mutable_changes_are_returned_and_missing_saved_fields_count_as_defaults
     new = to_dict(Config())
     new["train"]["lr"], new["train"]["betas"], new["train"]["steps"] = 1e-5, [0.8, 0.95], 2000
     new["logging"]["samples_every"] = 3
+    new["train"]["resume"] = "auto"  # how this job starts, not a change of the run
     assert compare_configs(saved, new, defaults=to_dict(Config())) == [
         ("train.steps", 1000, 2000), ("train.lr", 1e-6, 1e-5), ("train.betas", [0.9, 0.999], [0.8, 0.95]),
         ("logging.samples_every", 10, 3)]
