@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rpt.config import ConfigError, load_config  # noqa: E402
+from rpt.config import ConfigError, check_paths, load_config  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
@@ -32,6 +32,7 @@ def main(argv: list[str]) -> None:
             i += 1
     try:
         cfg = load_config(config_path, overrides)
+        check_paths(cfg)  # before any import or load: a missing model path is named as such
     except ConfigError as error:
         sys.exit(f"config error: {error}")
     from rpt.dist import cleanup

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from rpt.config import Config, save_config
+from rpt.config import Config, save_config, to_dict
 from rpt.data import SampleStream
+from rpt.data.samples_io import check_vocabulary
 from rpt.dist import all_gather_objects, init_distributed, print0, reduce_metrics, seed_everything
 from rpt.fsdp import build_policy, export_hf, iter_full_weights, latest_checkpoint, load_checkpoint, \
     move_optimizer_state, save_checkpoint
@@ -34,6 +35,8 @@ from rpt.model import load_model, load_tokenizer
 from rpt.rollout.engine import Engine, SamplingParams
 from rpt.rollout.groups import FirstTokenLogprobs, Group, PromptSettings, RewardSettings, generate_groups, \
     score_groups
+from rpt.run_dir import apply_optimizer_settings, claim_run_dir, compare_configs, record_config_changes, \
+    saved_run_config, truncate_jsonl
 from rpt.update import UpdateSettings, sequence_logprobs, update_policy
 
 
@@ -134,14 +137,21 @@ def train(cfg: Config) -> list[dict]:
                          f"(each updates on its share) and the {n_minibatches} mini-batches")
     contexts_per_rank = cfg.train.batch_size // dp_size
     out_dir = Path(cfg.train.output_dir)
+    # before anything loads or is written: the data's token ids are this tokenizer's, a resume keeps what
+    # defines the run (rpt/run_dir.py), and this job owns the run directory
+    tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path)
+    check_vocabulary(cfg.data.path, tokenizer)
+    resume = latest_checkpoint(out_dir / "checkpoints") if cfg.train.resume == "auto" else \
+        (Path(cfg.train.resume) if cfg.train.resume else None)
+    saved = saved_run_config(resume, out_dir) if resume is not None else None
+    config_changes = compare_configs(saved, to_dict(cfg), to_dict(Config())) if saved else []
+    run_lock, run_id = claim_run_dir(out_dir, cfg.train.resume, cfg.train.overwrite)
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     seed_everything(cfg.train.seed, rank)
     prompt, reward, params, update_cfg = prompt_settings(cfg), reward_settings(cfg), sampling_params(cfg), \
         update_settings(cfg)
 
-    tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path)
     policy = build_policy(cfg.model.path, cfg.model.dtype, cfg.model.param_dtype, cfg.model.reduce_dtype,
                           cfg.model.activation_checkpointing, cfg.model.attn_implementation, device)
     n_params = sum(p.numel() for p in policy.parameters())
@@ -159,13 +169,18 @@ def train(cfg: Config) -> list[dict]:
                           seed=cfg.train.seed, shuffle=cfg.data.shuffle)
 
     start_step, totals = 0, {"skipped_updates": 0, "train_compute": 0.0}
-    resume = latest_checkpoint(out_dir / "checkpoints") if cfg.train.resume == "auto" else \
-        (Path(cfg.train.resume) if cfg.train.resume else None)
     if resume is not None:
         start_step, extra = load_checkpoint(resume, policy, optimizer, scheduler)
+        # the checkpoint brought back the run's AdamW settings: the resuming config's take effect from here
+        apply_optimizer_settings(optimizer, scheduler, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay)
         stream.load_state_dict(extra["data"])
         totals = extra["totals"]
-        print0(f"resumed from {resume} at step {start_step}")
+        print0(f"resumed from {resume} at step {start_step}" + "".join(
+            f"\n  {key}: {old!r} -> {new!r}" for key, old, new in config_changes))
+    if rank == 0:
+        record_config_changes(out_dir, start_step, config_changes)
+        for log in ("metrics.jsonl", "samples.jsonl"):  # steps after the checkpoint are logged again below
+            truncate_jsonl(out_dir / log, start_step)
 
     def first_token_logprobs(contexts, targets):  # P(y[0] | x_<t) for the dense rewards (Appendix A)
         return sequence_logprobs(policy, contexts, targets, device, 1.0, cfg.train.micro_batch_tokens,
@@ -176,7 +191,7 @@ def train(cfg: Config) -> list[dict]:
     writer = None
     if rank == 0 and cfg.logging.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out_dir / "tensorboard"))
+        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step + 1)
     print0(f"rpt: {n_params / 1e6:.2f}M params, {world_size} ranks (tp {tp}), engine {cfg.rollout.engine}, "
            f"{cfg.train.batch_size} contexts x G={cfg.rollout.n} per step, steps {start_step}..{cfg.train.steps}")
 
@@ -272,13 +287,16 @@ def train(cfg: Config) -> list[dict]:
         # checkpoint
         if cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps):
             save_checkpoint(out_dir / "checkpoints", policy, optimizer, scheduler, step + 1,
-                            {"data": stream.state_dict(), "totals": totals}, keep=cfg.train.keep_checkpoints)
+                            {"data": stream.state_dict(), "totals": totals}, keep=cfg.train.keep_checkpoints,
+                            run_id=run_id, config=to_dict(cfg))
 
     if cfg.train.export_hf:
         export_hf(policy, tokenizer, out_dir / "hf")
         print0(f"exported the policy to {out_dir / 'hf'}")
     if writer is not None:
         writer.close()
+    if run_lock is not None:
+        run_lock.release()
     return history
 
 

@@ -33,9 +33,10 @@ def overrides(data_dir, out_dir, steps=3, **extra) -> list[str]:
 
 
 def read_metrics(out_dir) -> dict[int, dict]:
-    """step -> metrics; the last record of a step wins (a resumed run repeats steps after its checkpoint)."""
-    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
-    return {record["step"]: record for record in map(json.loads, lines)}
+    """step -> metrics; each step is logged once (a resume truncates the log to its checkpoint's step)."""
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len({record["step"] for record in records}) == len(records), [record["step"] for record in records]
+    return {record["step"]: record for record in records}
 
 
 def run_single_process(args, env=None):
