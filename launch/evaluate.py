@@ -36,8 +36,8 @@ def run_accuracy(args, overrides: list[str]) -> None:
 
     import torch.distributed as dist
 
-    from rpt.config import ConfigError, load_config
-    from rpt.data.samples_io import describe_split_scorer, read_manifest, read_samples
+    from rpt.config import ConfigError, check_paths, load_config
+    from rpt.data.samples_io import check_vocabulary, describe_split_scorer, read_manifest, read_samples
     from rpt.dist import init_distributed, print0
     from rpt.eval.accuracy import (data_parallel_layout, evaluate_split, format_accuracy_table,
                                    reduce_split_results, select_evenly)
@@ -46,6 +46,7 @@ def run_accuracy(args, overrides: list[str]) -> None:
 
     try:
         cfg = load_config(args.config, overrides)
+        check_paths(cfg)
     except ConfigError as error:
         raise SystemExit(f"config error: {error}") from None
     # evaluation never trains: the engine keeps its memory (no sleep), the model its dtype
@@ -54,6 +55,19 @@ def run_accuracy(args, overrides: list[str]) -> None:
     manifest = read_manifest(cfg.data.path)
     print0(describe_split_scorer(manifest))  # the buckets depend on it (the paper: R1-Distill-Qwen-14B)
     tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path)
+    try:
+        check_vocabulary(cfg.data.path, tokenizer)  # before the model loads
+    except ValueError as error:
+        raise SystemExit(f"data error: {error}") from None
+    split_samples = {split: select_evenly(read_samples(cfg.data.path, split), args.max_samples)
+                     for split in args.splits}
+    empty = [split for split, samples in split_samples.items() if not samples]
+    if len(empty) == len(split_samples):
+        raise SystemExit(f"every split asked for ({', '.join(empty)}) of {cfg.data.path} is empty: nothing to "
+                         "evaluate (the held-out documents have no position above the split's entropy threshold)")
+    for split in empty:
+        print0(f"split '{split}' of {cfg.data.path} is empty (no held-out position above its entropy threshold): "
+               "left out of the results")
     model = None
     if "standard" in args.mode:
         # bf16 where the GPU run computes in it, fp32 on CPU (no bf16 matmul instructions there)
@@ -67,7 +81,7 @@ def run_accuracy(args, overrides: list[str]) -> None:
     summary = {"name": name, "model": str(cfg.model.path), "data": str(cfg.data.path), "settings": settings,
                "config": {section: dataclasses.asdict(getattr(cfg, section)) for section in ("data", "rollout",
                                                                                                "reward")},
-               "results": {}}
+               "empty_splits": empty, "results": {}}
     summary["split_scorer"] = manifest.get("split_proxy", manifest["proxy"])  # which model drew the buckets
     out_dir = Path(args.out) if args.out else None
     if out_dir and rank == 0:
@@ -75,8 +89,9 @@ def run_accuracy(args, overrides: list[str]) -> None:
     for mode in args.mode:
         shard, num_shards, counted = data_parallel_layout(engine, mode)
         results, records = {}, []
-        for split in args.splits:
-            samples = select_evenly(read_samples(cfg.data.path, split), args.max_samples)
+        for split, samples in split_samples.items():
+            if not samples:
+                continue
             print0(f"{mode} / {split}: {len(samples)} samples over {num_shards} shard(s)")
             results[split] = evaluate_split(
                 model, tokenizer, engine, samples, mode, rank=shard, world_size=num_shards,
@@ -198,6 +213,17 @@ def run_patterns(args) -> None:
         print(f"wrote {args.out}")
 
 
+def at_least(minimum: int):
+    """An argparse type: an integer >= minimum (argparse names the flag in the error)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -210,11 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--config", required=True, help="a preset or a run's config.yaml")
     accuracy.add_argument("--splits", nargs="+", default=["easy", "medium", "hard"])
     accuracy.add_argument("--mode", nargs="+", choices=["standard", "reasoning"], default=["standard"])
-    accuracy.add_argument("--max-samples", type=int, default=0, help="N samples evenly spaced over each split "
+    accuracy.add_argument("--max-samples", type=at_least(0), default=0, help="N samples evenly spaced over each split "
                                                                      "(0: all)")
-    accuracy.add_argument("--batch-size", type=int, default=16, help="contexts per forward / generate call")
-    accuracy.add_argument("--num-samples", type=int, default=1, help="reasoning: responses per context (n)")
-    accuracy.add_argument("--pass-k", type=int, nargs="*", default=[], help="reasoning: Pass@k for these k <= n")
+    accuracy.add_argument("--batch-size", type=at_least(1), default=16, help="contexts per forward / generate call")
+    accuracy.add_argument("--num-samples", type=at_least(1), default=1, help="reasoning: responses per context (n)")
+    accuracy.add_argument("--pass-k", type=at_least(1), nargs="*", default=[], help="reasoning: Pass@k for these k <= n")
     accuracy.add_argument("--name", default="", help="row name in the table (default: the model directory)")
     accuracy.add_argument("--out", default="", help="directory for accuracy.json and per-sample jsonl")
     accuracy.set_defaults(func=run_accuracy)
