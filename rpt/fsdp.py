@@ -80,12 +80,14 @@ def build_policy(path: str, dtype: str = "float32", param_dtype: str = "float32"
 def iter_full_weights(policy: PolicyLogprobs, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, full tensor), one parameter at a time, gathered from the FSDP shards.
 
+    dtype: the engine's weight dtype (bf16 for vLLM on a GPU); None keeps the policy's. Each shard is cast
+    before the gather, so the all-gather moves and allocates half the bytes of an fp32 gather at bf16
+    (59 GB -> 30 GB per sync at 14B) and the result is the same tensor: a cast is elementwise.
     Every rank must consume the whole iterator (each `full_tensor()` is a collective). Only one full
     parameter exists at a time beyond the shards, so the sync never holds a second copy of the model."""
     for name, param in policy.model.named_parameters():
-        tensor = param.detach()
-        full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-        yield name, full if dtype is None else full.to(dtype)
+        tensor = param.detach() if dtype is None else param.detach().to(dtype)  # a DTensor casts its shard
+        yield name, tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def clip_grad_norm(policy: nn.Module, max_norm: float) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""FSDP2 (2 ranks, gloo) against one process: sharded training steps, full-weight streaming, HF export and
-DCP checkpoints (a 2-rank checkpoint loads in 1 process)."""
+"""FSDP2 (2 ranks, gloo) against one process: sharded training steps, full-weight streaming (fp32 and the
+engine's bf16), HF export and DCP checkpoints (a 2-rank checkpoint loads in 1 process)."""
 import os
 import re
 import subprocess
@@ -27,6 +27,10 @@ def test_two_ranks_match_one_process_and_export_and_checkpoint(stories_dir, tmp_
     assert two["full"].keys() == one["full"].keys()
     for name in one["full"]:
         torch.testing.assert_close(two["full"][name], one["full"][name], atol=1e-4, rtol=0, msg=name)
+        # the engine-dtype sync: shards cast before the gather give exactly the cast of the fp32 gather
+        for result in (one, two):
+            assert result["full_bf16"][name].dtype == torch.bfloat16, name
+            assert torch.equal(result["full_bf16"][name], result["full"][name].to(torch.bfloat16)), name
     # the HF export is the trained model: same weights and same log-probs through plain transformers
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "hf", dtype=torch.float32)
     for name, param in exported.named_parameters():
