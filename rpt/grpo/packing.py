@@ -159,3 +159,44 @@ def pack_micro_batches(
                                _fill_rows(lengths, seqs, max(row_capacity, max(lengths[i] for i in seqs))))
                     for seqs in bins]
         num_bins += 1
+
+
+def bucket_micro_batches(
+    prompt_ids: list[list[int]], response_ids: list[list[int]], max_tokens: int, min_micro_batches: int = 1,
+) -> list[MicroBatch]:
+    """Length bucketing for sdpa/eager attention: one sequence per row, rows of similar length together.
+
+    Sequences are sorted by length (longest first) and cut into consecutive runs; a run is one micro-batch of
+    right-padded rows, at most max_tokens padded positions (rows x its longest sequence), so a micro-batch pads
+    each row only up to a neighbour in the sorted order (measured padded/real ratio: benchmarks/bench_packing.py).
+    No row holds two sequences, so no position restarts and transformers builds no (L, L) mask (the packed
+    layout's cost under sdpa); padding continues the row's positions and carries no loss.
+    With fewer runs than min_micro_batches (to equalize the count across ranks), the run with the most padded
+    positions is split in two halves until there are enough.
+
+    Arguments and checks as pack_micro_batches. The step's loss does not depend on which sequences share a
+    micro-batch: policy_loss normalizes by step-global counts.
+    """
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses")
+    if not 1 <= min_micro_batches <= len(prompt_ids):
+        raise ValueError(f"min_micro_batches={min_micro_batches} must be between 1 and the {len(prompt_ids)} sequences")
+    if any(len(prompt) == 0 for prompt in prompt_ids):
+        raise ValueError("every prompt needs at least one token (it predicts the first response token)")
+    lengths = [len(prompt) + len(response) - 1 for prompt, response in zip(prompt_ids, response_ids)]
+    if max(lengths) > max_tokens:
+        raise ValueError(f"a sequence of {max(lengths)} positions exceeds the micro-batch budget of {max_tokens} "
+                         "tokens; raise the budget to at least max prompt + max response length")
+    runs = [[]]
+    for seq in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        run = runs[-1]
+        # the run's first sequence is its longest: it sets the padded width of every row
+        if run and (len(run) + 1) * lengths[run[0]] > max_tokens:
+            runs.append(run := [])
+        run.append(seq)
+    while len(runs) < min_micro_batches:
+        widest = max((r for r in range(len(runs)) if len(runs[r]) > 1),
+                     key=lambda r: (len(runs[r]) * lengths[runs[r][0]], -r))
+        run = runs[widest]
+        runs[widest: widest + 1] = [run[: len(run) // 2], run[len(run) // 2:]]
+    return [_pack_rows(prompt_ids, response_ids, [[seq] for seq in run]) for run in runs]

@@ -5,7 +5,9 @@ import random
 import pytest
 import torch
 
-from rpt.grpo import pack_micro_batches, policy_loss
+from transformers.masking_utils import find_packed_sequence_indices
+
+from rpt.grpo import bucket_micro_batches, pack_micro_batches, policy_loss
 from rpt.policy import PolicyLogprobs
 from rpt.model import load_model
 
@@ -100,13 +102,17 @@ def test_packed_logprobs_equal_each_sequence_alone(tiny_batch, row_capacity):
             torch.testing.assert_close(in_pack, alone[0], atol=1e-6, rtol=0)
 
 
-def step_loss_and_grads(policy, prompts, responses, advantages, num_micro_batches, agg, row_capacity=None):
-    """Sum of micro-batch losses (backward on each, as the trainer does) and the accumulated gradients."""
+def step_loss_and_grads(policy, prompts, responses, advantages, num_micro_batches, agg, row_capacity=None,
+                        bucket_budget=None):
+    """Sum of micro-batch losses (backward on each, as the trainer does) and the accumulated gradients.
+    bucket_budget: length-bucketed micro-batches of that many padded tokens instead of pack_micro_batches."""
     policy.zero_grad()
     global_tokens = sum(len(r) for r in responses)
     total = torch.zeros(())
-    for mb in pack_micro_batches(prompts, responses, max_tokens=10_000, min_micro_batches=num_micro_batches,
-                                 row_capacity=row_capacity):
+    micro_batches = bucket_micro_batches(prompts, responses, bucket_budget, num_micro_batches) if bucket_budget \
+        else pack_micro_batches(prompts, responses, max_tokens=10_000, min_micro_batches=num_micro_batches,
+                                row_capacity=row_capacity)
+    for mb in micro_batches:
         logp = policy(mb.input_ids, mb.position_ids, mb.targets, temperature=0.8, chunk_size=16)  # (1, L)
         loss, _ = policy_loss(logp, logp.detach(), mb.expand_sequence_values(advantages), mb.loss_mask, agg=agg,
                               global_tokens=global_tokens, global_seqs=len(responses),
@@ -125,9 +131,50 @@ def test_loss_and_gradients_independent_of_micro_batch_split(tiny_batch, agg):
     lengths = torch.tensor([len(r) for r in responses], dtype=torch.float32)
     expected = (-(advantages * lengths).sum() / lengths.sum() if agg == "token-mean" else -advantages.mean())
     torch.testing.assert_close(reference_loss, expected, atol=1e-6, rtol=0)
-    for num_micro_batches, row_capacity in ((2, None), (4, None), (1, 0), (2, 12)):
+    for num_micro_batches, row_capacity, bucket_budget in ((2, None, None), (4, None, None), (1, 0, None),
+                                                           (2, 12, None), (3, None, 10_000), (1, None, 40)):
         loss, grads = step_loss_and_grads(policy, prompts, responses, advantages, num_micro_batches, agg,
-                                          row_capacity)
+                                          row_capacity, bucket_budget)
         torch.testing.assert_close(loss, reference_loss, atol=1e-6, rtol=0)
         for name, grad in grads.items():
             torch.testing.assert_close(grad, reference_grads[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_bucket_hand_example():
+    prompts = [[1, 2], [3], [4, 5, 6], [7], [8, 9]]
+    responses = [[7, 8], [9, 10, 11, 12], [12], [13], [14, 15, 16, 17, 18]]  # positions 3, 4, 3, 1, 6
+    # sorted longest first: 4 (6), 1 (4), 0 (3), 2 (3), 3 (1); budget 12 padded positions:
+    # [4, 1] (2 rows x 6 = 12), then [0, 2, 3] (3 rows x 3 = 9)
+    first, second = bucket_micro_batches(prompts, responses, max_tokens=12)
+    assert first.sequence_indices == [4, 1] and second.sequence_indices == [0, 2, 3]
+    assert first.input_ids.tolist() == [[8, 9, 14, 15, 16, 17], [3, 9, 10, 11, 0, 0]]
+    assert first.position_ids.tolist() == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]]  # padding opens no sequence
+    assert first.loss_mask.tolist() == [[False, True, True, True, True, True], [True, True, True, True, False, False]]
+    assert second.input_ids.tolist() == [[1, 2, 7], [4, 5, 6], [7, 0, 0]]
+    assert second.targets.tolist() == [[2, 7, 8], [5, 6, 12], [13, 0, 0]]
+    engine_logp = [torch.tensor([-0.1, -0.2]), torch.tensor([-0.3, -0.4, -0.5, -0.55]), torch.tensor([-0.6]),
+                   torch.tensor([-0.7]), torch.tensor([-0.8] * 5)]
+    torch.testing.assert_close(second.place_response_values(engine_logp), torch.tensor(
+        [[0.0, -0.1, -0.2], [0.0, 0.0, -0.6], [-0.7, 0.0, 0.0]]), atol=0, rtol=0)
+    # at least 3 micro-batches: the run with the most padded positions (the first, 12) is halved
+    assert [mb.sequence_indices for mb in bucket_micro_batches(prompts, responses, 12, 3)] == [[4], [1], [0, 2, 3]]
+
+
+def test_bucket_one_sequence_per_row_within_budget_every_sequence_once():
+    rng = random.Random(0)
+    prompts = [[1] * rng.randint(1, 30) for _ in range(60)]
+    responses = [[2] * rng.randint(0, 90) for _ in range(60)]
+    for budget, min_micro_batches in ((120, 1), (400, 1), (10_000, 1), (10_000, 7), (400, 30)):
+        micro_batches = bucket_micro_batches(prompts, responses, budget, min_micro_batches)
+        assert sorted(i for mb in micro_batches for i in mb.sequence_indices) == list(range(60))
+        assert len(micro_batches) >= min_micro_batches
+        for mb in micro_batches:
+            assert mb.input_ids.numel() <= budget  # padded positions count
+            assert mb.input_ids.shape[0] == len(mb.sequence_indices)  # one sequence per row
+            assert all(len(set(row)) == 1 for row in mb.seq_index.tolist())
+            # transformers sees no packed sequence, so sdpa/eager get no (L, L) mask
+            assert find_packed_sequence_indices(mb.position_ids) is None
+    with pytest.raises(ValueError, match="exceeds the micro-batch budget"):
+        bucket_micro_batches([[1, 2, 3]], [[4, 5, 6]], max_tokens=4)
+    with pytest.raises(ValueError, match="min_micro_batches"):
+        bucket_micro_batches([[1]], [[4]], max_tokens=4, min_micro_batches=2)
