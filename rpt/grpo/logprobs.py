@@ -5,7 +5,10 @@ The policy's log-prob of each response token is log_softmax(h_t W^T / temperatur
 logits of a whole batch at once costs (N, T, V) floats: at V = 152,064 and T = 4,096 that is 2.5 GB in fp32
 per sequence, times ~3 with the softmax and its gradient (7.4 GB measured). Here the flattened tokens are
 processed in chunks of `chunk_size` rows, and the backward recomputes each chunk's logits (activation
-checkpointing per chunk) instead of keeping them: peak memory O(chunk_size x V).
+checkpointing per chunk) instead of keeping them: peak memory O(chunk_size x V), plus in the backward one
+fp32 (V, H) buffer accumulating the lm_head gradient over the chunks when the weight is bf16/fp16 (1.5 GB more
+than a bf16 gradient at V = 152,064, H = 5,120; the alternative, a bf16 running sum, loses precision with
+every chunk).
 
 The checkpointing is written out as one autograd.Function rather than torch.utils.checkpoint around autograd
 ops: the backward of log_softmax + gather + entropy is a closed form on the (C, V) block, computed in place,
@@ -69,7 +72,15 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         if grad_logp is None:
             grad_logp = torch.zeros_like(log_normalizer)  # (M,)
         grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None  # (M, H)
-        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None  # (V, H)
+        # The lm_head gradient sums over all chunks: accumulated in fp32 (fp64 for fp64) whatever the weight's
+        # dtype, since bf16 running sums lose precision with every chunk added (grad_W relative error vs fp64
+        # measured at chunk 256: 5.4e-3 in bf16, vs 2.3e-3 for one bf16 matmul; tests/grpo/test_logprobs.py).
+        accumulate_dtype = torch.promote_types(weight.dtype, torch.float32)
+        grad_weight = torch.zeros_like(weight, dtype=accumulate_dtype) if ctx.needs_input_grad[1] else None  # (V, H)
+        # The one place CUDA and CPU differ: CUDA's bf16/fp16 GEMM can write fp32 straight into the buffer
+        # (addmm out_dtype, tensor cores, no (V, H) temporary); CPU has no such kernel and no bf16 units, so it
+        # multiplies the fp32 block by the upcast hidden chunk, its fast path anyway.
+        gemm_writes_fp32 = weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16)
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             chunk = slice(start, start + ctx.chunk_size)
             logits = _chunk_logits(hidden[chunk], weight, ctx.temperature)  # (C, V) recomputed: the checkpoint
@@ -84,12 +95,17 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 # -g * p, built in place in the logits buffer: one (C, V) block in all
                 grad_logits = logits.sub_(log_normalizer[chunk, None]).exp_().mul_(-grad_logp[chunk, None])
             grad_logits.scatter_add_(-1, targets[chunk, None], grad_logp[chunk, None])  # + g * onehot(y)
-            grad_logits = grad_logits.div_(ctx.temperature).to(weight.dtype)  # (C, V) d/d(h W^T)
+            grad_logits = grad_logits.div_(ctx.temperature)  # (C, V) d/d(h W^T), fp32
+            if grad_weight is not None and not gemm_writes_fp32:
+                grad_weight.addmm_(grad_logits.T, hidden[chunk].to(grad_weight.dtype))  # (V, H) fp32 GEMM
+            grad_logits = grad_logits.to(weight.dtype)  # (C, V)
             if grad_hidden is not None:
                 grad_hidden[chunk] = grad_logits @ weight
-            if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.T, hidden[chunk])
+            if grad_weight is not None and gemm_writes_fp32:
+                torch.addmm(grad_weight, grad_logits.T, hidden[chunk], out_dtype=grad_weight.dtype, out=grad_weight)
             del logits, grad_logits  # free this block before the next chunk allocates its own
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)  # one rounding at the end, not one per chunk
         return grad_hidden, grad_weight, None, None, None, None
 
 
