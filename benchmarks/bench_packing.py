@@ -1,5 +1,6 @@
-"""Padding in the update under sdpa/eager: the first-fit rows of pack_micro_batches(row_capacity=0) (the
-trainer's layout before length bucketing) vs bucket_micro_batches (one sequence per row, sorted by length).
+"""Padding in the update under sdpa/eager: first-fit rows (the update's layout before length bucketing: the
+micro-batches of pack_micro_batches, each cut first-fit into rows of its longest sequence, several short
+sequences sharing a row) vs bucket_micro_batches (one sequence per row, sorted by length).
 
 No model: each step draws one rank's sequences (--contexts prompts of --prompt-tokens tokens, G responses
 each, response lengths log-normal with mean --mean-response and sigma --sigma, clipped to [1, --max-response]),
@@ -25,6 +26,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from rpt.grpo import bucket_micro_batches, pack_micro_batches  # noqa: E402
+
+
+def first_fit_stats(prompts, responses, budget: int, real_positions: int) -> dict[str, float]:
+    """The former layout, counted without building its tensors: pack_micro_batches' micro-batches, each split
+    first-fit (longest first) into rows of its longest sequence, right-padded to that width."""
+    lengths = [len(p) + len(r) - 1 for p, r in zip(prompts, responses)]
+    padded, shared, largest = 0, 0, 0
+    micro_batches = pack_micro_batches(prompts, responses, budget)
+    for mb in micro_batches:
+        width = max(lengths[i] for i in mb.sequence_indices)
+        rows = []  # [positions, sequences] per row
+        for seq in sorted(mb.sequence_indices, key=lambda i: -lengths[i]):
+            row = next((row for row in rows if row[0] + lengths[seq] <= width), None)
+            if row is None:
+                rows.append([lengths[seq], 1])
+            else:
+                row[0], row[1] = row[0] + lengths[seq], row[1] + 1
+        padded += len(rows) * width
+        shared += sum(count > 1 for _, count in rows)
+        largest = max(largest, len(rows) * width)
+    return {"padded/real": padded / real_positions, "shared rows": shared, "micro-batches": len(micro_batches),
+            "largest/budget": largest / budget}
 
 
 def layout_stats(micro_batches, real_positions: int, budget: int) -> dict[str, float]:
@@ -57,8 +80,7 @@ def main() -> None:
                      for _ in prompts]
         response_means.append(statistics.mean(map(len, responses)))
         real = sum(len(p) + len(r) - 1 for p, r in zip(prompts, responses))
-        results["first-fit"].append(layout_stats(pack_micro_batches(prompts, responses, args.budget, row_capacity=0),
-                                                 real, args.budget))
+        results["first-fit"].append(first_fit_stats(prompts, responses, args.budget, real))
         results["bucketed"].append(layout_stats(bucket_micro_batches(prompts, responses, args.budget), real,
                                                 args.budget))
     means = {name: {key: statistics.mean(step[key] for step in steps) for key in steps[0]}

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from rpt.dist import all_reduce, reduce_metrics
 from rpt.fsdp import clip_grad_norm
 from rpt.grpo.loss import policy_loss
-from rpt.grpo.packing import MicroBatch, pack_micro_batches
+from rpt.grpo.packing import MicroBatch, bucket_micro_batches, pack_micro_batches
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,12 @@ def equal_micro_batches(prompts: list[list[int]], responses: list[list[int]], mi
     (a dummy pass whose loss is multiplied by zero).
 
     flash_attention_2 takes one packed row per micro-batch; sdpa/eager build an L x L mask for a packed
-    row, so they get rows of the longest sequence instead (rpt/grpo/packing.py)."""
-    rows = None if packed_rows else 0
-    local = pack_micro_batches(prompts, responses, micro_batch_tokens, row_capacity=rows) if prompts else []
+    row, so they get one sequence per row, bucketed by length (rpt/grpo/packing.py)."""
+    layout = pack_micro_batches if packed_rows else bucket_micro_batches
+    local = layout(prompts, responses, micro_batch_tokens) if prompts else []
     count = int(all_reduce(torch.tensor([len(local)]), dist.ReduceOp.MAX).item())
     if len(local) < count:
-        local = pack_micro_batches(prompts, responses, micro_batch_tokens, min(count, len(prompts)), rows) \
-            if prompts else []
+        local = layout(prompts, responses, micro_batch_tokens, min(count, len(prompts))) if prompts else []
     return local + [None] * (count - len(local))
 
 

@@ -8,24 +8,27 @@ Why packing works without cross-attention: `position_ids` restart at 0 for every
 5.x (masking_utils.find_packed_sequence_indices) turns every restart into a block-diagonal causal mask for the
 sdpa and eager attention (on CPU too; sdpa then materializes a (1, 1, L, L) bool mask, O(L^2) memory), while
 flash_attention_2 derives cu_seqlens from the same position_ids. This holds only when attention_mask is None
-and no KV cache is passed: call the model with use_cache=False (rpt.grpo.logprobs.PolicyLogprobs does), since
+and no KV cache is passed: call the model with use_cache=False (rpt.policy.PolicyLogprobs does), since
 the config default (use_cache=True, also in train mode) creates a cache and packed sequences then silently
 attend to each other (measured: logit error 0.47 on a tiny Qwen2). tests/grpo/test_packing.py checks that a
 packed row gives each sequence's log-probs as if it ran alone.
 
-Rows: with `row_capacity=None` a micro-batch is one packed row (padding-free, right for flash_attention_2,
-whose cost is linear in the packed length). sdpa and eager attention on CPU (and without flash-attn) build an
-L x L mask for a packed row, so one row of L = 4,096 costs O(L^2): measured 17x slower forward+backward than
-the same 32 sequences of 128 tokens as 32 rows (stories260K, CPU). `row_capacity=0` (or any int) splits a
-micro-batch into rows of at most max(row_capacity, its longest sequence) positions, first-fit by length, and
-right-pads the rows to the longest row. Right padding needs no attention mask: a causal model never lets a
-real token attend to a later position, and padded positions carry no loss. Padding continues the last
-sequence's positions, so it does not open a new packed sequence.
+Two layouts, one per attention kind:
+- pack_micro_batches: one packed row per micro-batch (padding-free, for flash_attention_2, whose cost is
+  linear in the packed length).
+- bucket_micro_batches: one sequence per row, sequences sorted by length so each micro-batch pads its rows
+  only to a neighbour's length (for sdpa and eager). Those build an L x L mask for a packed row (17x slower
+  forward+backward at L = 4,096 than the same 32 sequences of 128 tokens as 32 rows, stories260K, CPU), and
+  any row holding two sequences makes transformers build a dense mask for the whole micro-batch. The former
+  first-fit rows (several sequences per row) padded 1.18x the real positions on log-normal response lengths
+  (mean 2k, max 8k); bucketing pads 1.02x (benchmarks/bench_packing.py). Right padding needs no attention
+  mask: a causal model never lets a real token attend to a later position, and padded positions carry no
+  loss. Padding continues the row's positions, so it does not open a new packed sequence.
 
-Bin packing: longest-first, each sequence into the currently lightest micro-batch, with as few micro-batches
-as fit the budget (at least `min_micro_batches`). Under FSDP every rank must run the same number of forward
-passes (each one all-gathers parameters), so the trainer packs, all-reduces the MAX micro-batch count over
-ranks, and packs again with min_micro_batches set to it.
+Bin packing (packed rows): longest-first, each sequence into the currently lightest micro-batch, with as few
+micro-batches as fit the budget (at least `min_micro_batches`). Under FSDP every rank must run the same number
+of forward passes (each one all-gathers parameters), so the update packs, all-reduces the MAX micro-batch
+count over ranks, and packs again with min_micro_batches set to it (either layout).
 
 Deviations from the paper: none (verl packs sequences the same way with its "dynamic batch size" option).
 """
@@ -40,7 +43,7 @@ import torch
 class MicroBatch:
     """One packed row holding several sequences. L = sum over its sequences of (prompt + response - 1)."""
 
-    input_ids: torch.Tensor  # (R, L) long; R = 1 row unless built with row_capacity
+    input_ids: torch.Tensor  # (R, L) long; R = 1 packed row, or one row per sequence (bucket_micro_batches)
     position_ids: torch.Tensor  # (R, L) long, restarting at 0 for every sequence
     targets: torch.Tensor  # (R, L) long, the next token of the same sequence
     loss_mask: torch.Tensor  # (R, L) bool, True where the target is a response token
@@ -75,21 +78,6 @@ def _assign_longest_first(lengths: list[int], num_bins: int) -> list[list[int]]:
         bins[bin_index].append(seq)
         heapq.heappush(loads, (load + lengths[seq], bin_index))
     return [sorted(seqs) for seqs in bins]
-
-
-def _fill_rows(lengths: list[int], seqs: list[int], capacity: int) -> list[list[int]]:
-    """First-fit decreasing of a micro-batch's sequences into rows of at most `capacity` positions."""
-    rows, loads = [], []
-    for seq in sorted(seqs, key=lambda i: (-lengths[i], i)):
-        for row_index, load in enumerate(loads):
-            if load + lengths[seq] <= capacity:
-                rows[row_index].append(seq)
-                loads[row_index] += lengths[seq]
-                break
-        else:
-            rows.append([seq])
-            loads.append(lengths[seq])
-    return [sorted(row) for row in rows]
 
 
 def _pack_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], rows: list[list[int]]) -> MicroBatch:
@@ -127,15 +115,12 @@ def _pack_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], rows:
 
 def pack_micro_batches(
     prompt_ids: list[list[int]], response_ids: list[list[int]], max_tokens: int, min_micro_batches: int = 1,
-    row_capacity: int | None = None,
 ) -> list[MicroBatch]:
-    """Split N sequences into packed micro-batches of at most max_tokens positions each.
+    """Split N sequences into packed micro-batches (one row each) of at most max_tokens positions each.
 
     prompt_ids, response_ids: N lists of token ids (prompt non-empty; sequence i is prompt_ids[i] + response_ids[i]).
     max_tokens: the token budget of one micro-batch (positions in its packed row).
     min_micro_batches: at least this many micro-batches (to equalize the count across ranks); at most N.
-    row_capacity: None packs each micro-batch into one row; an int splits it into right-padded rows of at most
-        max(row_capacity, longest sequence) positions (see the module doc: sdpa/eager on CPU).
     Returns the micro-batches; every sequence is in exactly one. Raises ValueError if one sequence alone
     exceeds the budget.
     """
@@ -153,11 +138,7 @@ def pack_micro_batches(
     while True:  # ends: with one sequence per bin every bin fits
         bins = _assign_longest_first(lengths, num_bins)
         if all(sum(lengths[seq] for seq in seqs) <= max_tokens for seqs in bins):
-            if row_capacity is None:
-                return [_pack_rows(prompt_ids, response_ids, [seqs]) for seqs in bins]
-            return [_pack_rows(prompt_ids, response_ids,
-                               _fill_rows(lengths, seqs, max(row_capacity, max(lengths[i] for i in seqs))))
-                    for seqs in bins]
+            return [_pack_rows(prompt_ids, response_ids, [seqs]) for seqs in bins]
         num_bins += 1
 
 
@@ -168,7 +149,7 @@ def bucket_micro_batches(
 
     Sequences are sorted by length (longest first) and cut into consecutive runs; a run is one micro-batch of
     right-padded rows, at most max_tokens padded positions (rows x its longest sequence), so a micro-batch pads
-    each row only up to a neighbour in the sorted order (measured padded/real ratio: benchmarks/bench_packing.py).
+    each row only up to a neighbour in the sorted order (padded/real 1.02 on log-normal lengths, benchmarks/bench_packing.py).
     No row holds two sequences, so no position restarts and transformers builds no (L, L) mask (the packed
     layout's cost under sdpa); padding continues the row's positions and carries no loss.
     With fewer runs than min_micro_batches (to equalize the count across ranks), the run with the most padded

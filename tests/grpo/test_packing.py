@@ -68,30 +68,10 @@ def tiny_batch(tiny_qwen2_dir):
     return PolicyLogprobs(model), prompts, responses
 
 
-def test_rows_layout_hand_example():
-    prompts = [[1, 2], [3], [4, 5, 6], [7]]
-    responses = [[7, 8], [9, 10, 11], [12], [13]]  # positions 3, 3, 3, 1
-    (mb,) = pack_micro_batches(prompts, responses, max_tokens=100, row_capacity=4)
-    # first-fit decreasing into rows of max(4, longest=3) = 4: [0, 3] (3 + 1), [1], [2]; right-padded to 4
-    assert mb.sequence_indices == [0, 3, 1, 2]
-    assert mb.input_ids.tolist() == [[1, 2, 7, 7], [3, 9, 10, 0], [4, 5, 6, 0]]
-    assert mb.targets.tolist() == [[2, 7, 8, 13], [9, 10, 11, 0], [5, 6, 12, 0]]
-    assert mb.position_ids.tolist() == [[0, 1, 2, 0], [0, 1, 2, 3], [0, 1, 2, 3]]  # padding opens no sequence
-    assert mb.loss_mask.tolist() == [[False, True, True, True], [True, True, True, False],
-                                     [False, False, True, False]]
-    assert mb.seq_index.tolist() == [[0, 0, 0, 3], [1, 1, 1, 1], [2, 2, 2, 2]]
-    engine_logp = [torch.tensor([-0.1, -0.2]), torch.tensor([-0.3, -0.4, -0.5]), torch.tensor([-0.6]),
-                   torch.tensor([-0.7])]
-    torch.testing.assert_close(mb.place_response_values(engine_logp), torch.tensor(
-        [[0.0, -0.1, -0.2, -0.7], [-0.3, -0.4, -0.5, 0.0], [0.0, 0.0, -0.6, 0.0]]), atol=0, rtol=0)
-    (one_per_row,) = pack_micro_batches(prompts, responses, max_tokens=100, row_capacity=0)
-    assert one_per_row.input_ids.shape == (4, 3)  # rows as long as the longest sequence: one per row here
-
-
-@pytest.mark.parametrize("row_capacity", [None, 0, 12])
-def test_packed_logprobs_equal_each_sequence_alone(tiny_batch, row_capacity):
+@pytest.mark.parametrize("layout", [pack_micro_batches, bucket_micro_batches])
+def test_packed_logprobs_equal_each_sequence_alone(tiny_batch, layout):
     policy, prompts, responses = tiny_batch
-    (packed,) = pack_micro_batches(prompts, responses, max_tokens=10_000, row_capacity=row_capacity)
+    (packed,) = layout(prompts, responses, max_tokens=10_000)
     with torch.no_grad():
         packed_logp = policy(packed.input_ids, packed.position_ids, packed.targets, temperature=0.8)  # (R, L)
         for seq in range(8):
@@ -102,16 +82,14 @@ def test_packed_logprobs_equal_each_sequence_alone(tiny_batch, row_capacity):
             torch.testing.assert_close(in_pack, alone[0], atol=1e-6, rtol=0)
 
 
-def step_loss_and_grads(policy, prompts, responses, advantages, num_micro_batches, agg, row_capacity=None,
-                        bucket_budget=None):
-    """Sum of micro-batch losses (backward on each, as the trainer does) and the accumulated gradients.
-    bucket_budget: length-bucketed micro-batches of that many padded tokens instead of pack_micro_batches."""
+def step_loss_and_grads(policy, prompts, responses, advantages, num_micro_batches, agg, bucket_budget=None):
+    """Sum of micro-batch losses (backward on each, as the update does) and the accumulated gradients.
+    bucket_budget: length-bucketed micro-batches of that many padded tokens instead of packed rows."""
     policy.zero_grad()
     global_tokens = sum(len(r) for r in responses)
     total = torch.zeros(())
     micro_batches = bucket_micro_batches(prompts, responses, bucket_budget, num_micro_batches) if bucket_budget \
-        else pack_micro_batches(prompts, responses, max_tokens=10_000, min_micro_batches=num_micro_batches,
-                                row_capacity=row_capacity)
+        else pack_micro_batches(prompts, responses, max_tokens=10_000, min_micro_batches=num_micro_batches)
     for mb in micro_batches:
         logp = policy(mb.input_ids, mb.position_ids, mb.targets, temperature=0.8, chunk_size=16)  # (1, L)
         loss, _ = policy_loss(logp, logp.detach(), mb.expand_sequence_values(advantages), mb.loss_mask, agg=agg,
@@ -131,10 +109,10 @@ def test_loss_and_gradients_independent_of_micro_batch_split(tiny_batch, agg):
     lengths = torch.tensor([len(r) for r in responses], dtype=torch.float32)
     expected = (-(advantages * lengths).sum() / lengths.sum() if agg == "token-mean" else -advantages.mean())
     torch.testing.assert_close(reference_loss, expected, atol=1e-6, rtol=0)
-    for num_micro_batches, row_capacity, bucket_budget in ((2, None, None), (4, None, None), (1, 0, None),
-                                                           (2, 12, None), (3, None, 10_000), (1, None, 40)):
+    # packed rows split 2 and 4 ways; one sequence per row, length-bucketed, in 1, 3 and many micro-batches
+    for num_micro_batches, bucket_budget in ((2, None), (4, None), (1, 10_000), (3, 10_000), (1, 40)):
         loss, grads = step_loss_and_grads(policy, prompts, responses, advantages, num_micro_batches, agg,
-                                          row_capacity, bucket_budget)
+                                          bucket_budget)
         torch.testing.assert_close(loss, reference_loss, atol=1e-6, rtol=0)
         for name, grad in grads.items():
             torch.testing.assert_close(grad, reference_grads[name], atol=1e-6, rtol=0, msg=name)
