@@ -31,7 +31,7 @@ from rpt.fsdp import build_policy, export_hf, iter_full_weights, latest_checkpoi
     move_optimizer_state, save_checkpoint
 from rpt.grpo.advantages import compute_advantages
 from rpt.grpo.sampling import PooledGroupCollector, select_kept
-from rpt.model import load_model, load_tokenizer
+from rpt.model import DTYPES, load_model, load_tokenizer
 from rpt.rollout.engine import Engine, SamplingParams
 from rpt.rollout.groups import FirstTokenLogprobs, Group, PromptSettings, RewardSettings, generate_groups, \
     score_groups
@@ -66,18 +66,24 @@ def update_settings(cfg: Config) -> UpdateSettings:
         num_minibatches=cfg.train.batch_size // cfg.train.mini_batch_size, grad_clip=cfg.train.grad_clip)
 
 
+def engine_dtype(cfg: Config, device: torch.device) -> str:
+    """The engine's weight dtype: the policy's compute dtype for vLLM on a GPU, fp32 on CPU (no bf16 units) and
+    for the HF engine's copy. The sync gathers in it (half the bytes of fp32 at bf16)."""
+    return cfg.model.param_dtype if cfg.rollout.engine == "vllm" and device.type == "cuda" else "float32"
+
+
 def build_engine(cfg: Config, tokenizer, device: torch.device) -> Engine:
     eos_ids = [tokenizer.eos_token_id]
     if cfg.rollout.engine == "hf":
         from rpt.rollout.hf_engine import HFEngine
 
         # a plain copy per rank, refreshed by update_weights: fine for the small models this engine serves
-        copy = load_model(cfg.model.path, "float32", cfg.model.attn_implementation, device=device)
+        copy = load_model(cfg.model.path, engine_dtype(cfg, device), cfg.model.attn_implementation, device=device)
         return HFEngine(copy, eos_ids, tokenizer.pad_token_id)
     from rpt.rollout.vllm_engine import VLLMEngine  # without vllm: an ImportError naming the install extra
 
     return VLLMEngine(
-        cfg.model.path, eos_ids, dtype=cfg.model.param_dtype if device.type == "cuda" else "float32",
+        cfg.model.path, eos_ids, dtype=engine_dtype(cfg, device),
         tensor_parallel_size=cfg.rollout.tensor_parallel_size, seed=cfg.train.seed,
         max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_response_tokens,
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
@@ -187,7 +193,8 @@ def train(cfg: Config) -> list[dict]:
                                  update_cfg.packed_rows, cfg.grpo.logprob_chunk_size)
 
     engine = build_engine(cfg, tokenizer, device)
-    engine.update_weights(iter_full_weights(policy))
+    sync_dtype = DTYPES[engine_dtype(cfg, device)]
+    engine.update_weights(iter_full_weights(policy, sync_dtype))
     writer = None
     if rank == 0 and cfg.logging.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
@@ -237,7 +244,7 @@ def train(cfg: Config) -> list[dict]:
         update_time = time.perf_counter() - start
         # sync weights into the engine
         start = time.perf_counter()
-        engine.update_weights(iter_full_weights(policy))
+        engine.update_weights(iter_full_weights(policy, sync_dtype))
         sync_time = time.perf_counter() - start
 
         # log: sums over ranks (one collective), then means
