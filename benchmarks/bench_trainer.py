@@ -76,22 +76,17 @@ def prepare_tiny_data(out: Path) -> Path:
 
 # --- update: update_policy vs its floor (backbone + response-only lm_head + AdamW) -------------------------
 
-def synthetic_groups(contexts: int, group_size: int, prompt_tokens: int, response_tokens: int, vocab: int):
-    """B groups of G completions with random token ids, zero engine log-probs, and random advantages (B, G)."""
-    from rpt.data.sample import Sample
-    from rpt.rollout.groups import Group
-    from rpt.rollout.engine import Completion
-
+def synthetic_batch(contexts: int, group_size: int, prompt_tokens: int, response_tokens: int, vocab: int):
+    """B x G sequences with random token ids (the G of a context share its prompt) and random advantages (N,)."""
     generator = torch.Generator().manual_seed(0)
-    groups = []
-    for b in range(contexts):
+    prompts, responses = [], []
+    for _ in range(contexts):
         prompt = torch.randint(0, vocab, (prompt_tokens,), generator=generator).tolist()
-        completions = [Completion(torch.randint(0, vocab, (response_tokens,), generator=generator).tolist(),
-                                  [0.0] * response_tokens, "length") for _ in range(group_size)]
-        groups.append(Group(Sample(b, prompt_tokens, prompt, completions[0].token_ids, 0.0), prompt, completions,
-                            [""] * group_size))
-    adv = torch.randn(contexts, group_size, generator=generator)  # (B, G)
-    return groups, adv
+        for _ in range(group_size):
+            prompts.append(prompt)
+            responses.append(torch.randint(0, vocab, (response_tokens,), generator=generator).tolist())
+    adv = torch.randn(contexts * group_size, generator=generator)  # (N,)
+    return prompts, responses, adv
 
 
 def floor_step(model, optimizer, micro_batches, temperature: float, grad_clip: float) -> float:
@@ -115,8 +110,9 @@ def floor_step(model, optimizer, micro_batches, temperature: float, grad_clip: f
 def bench_update(args) -> None:
     from rpt.config import Config
     from rpt.fsdp import build_policy
-    from rpt.update import update_policy
     from rpt.model import build_tiny_qwen2, load_model
+    from rpt.train import update_settings
+    from rpt.update import update_policy
 
     torch.set_num_threads(args.threads)
     model_dir = build_tiny_qwen2(Path(tempfile.mkdtemp(prefix="bench_update_")), SHARED / "tokenizers" / "qwen2",
@@ -139,10 +135,11 @@ def bench_update(args) -> None:
                                         weight_decay=cfg.train.weight_decay)
     vocab = plain.config.vocab_size
     n_params = sum(p.numel() for p in plain.parameters())
-    groups, adv = synthetic_groups(args.contexts, args.group_size, args.prompt_tokens, args.response_tokens, vocab)
+    prompts, responses, adv = synthetic_batch(args.contexts, args.group_size, args.prompt_tokens,
+                                              args.response_tokens, vocab)
 
     # the same padded batch: every sequence is prompt + response, all of one length, no padding needed
-    sequences = torch.tensor([g.prompt_ids + c.token_ids for g in groups for c in g.completions])  # (N, P + R)
+    sequences = torch.tensor([p + r for p, r in zip(prompts, responses)])  # (N, P + R)
     input_ids, targets = sequences[:, :-1], sequences[:, 1:]  # (N, T), T = P + R - 1
     mask = torch.zeros_like(targets, dtype=torch.bool)  # (N, T)
     mask[:, args.prompt_tokens - 1:] = True  # position t predicts token t + 1, a response token from P - 1 on
@@ -151,8 +148,11 @@ def bench_update(args) -> None:
                       mask[i:i + args.micro_batch_sequences], seq_adv[i:i + args.micro_batch_sequences])
                      for i in range(0, len(sequences), args.micro_batch_sequences)]
 
+    settings = update_settings(cfg)
+
     def run_ours() -> float:
-        return update_policy(policy, policy_optimizer, groups, adv, cfg, torch.device("cpu"), 1)["grad_norm"]
+        return update_policy(policy, policy_optimizer, prompts, responses, adv, settings, torch.device("cpu"),
+                             1)["grad_norm"]
 
     def run_floor() -> float:
         return floor_step(plain, plain_optimizer, micro_batches, cfg.rollout.temperature, cfg.train.grad_clip)
@@ -307,21 +307,25 @@ def bench_trl(args) -> None:
           f"V=151,646), {args.contexts} OmniMATH contexts of {args.prompt_tokens} tokens x G={args.group_size} x "
           f"{args.max_new_tokens} new tokens, fp32, one process each, {args.threads} thread(s), median of "
           f"{args.steps} steps after a warm-up step", flush=True)
-    results = {"TRL": run_trl_steps(model_dir, data_dir, work / "trl", args)}
-    print(f"  TRL {results['TRL']['trl_version']} done", flush=True)
-    for engine in args.engines:
-        results[f"rpt {engine}"] = run_ours_steps(engine, model_dir, data_dir, work / f"rpt_{engine}", args)
-        print(f"  rpt {engine} done", flush=True)
-    trl_step = results["TRL"]["step"]
-    goals = {"rpt hf": 0.40, "rpt vllm": 0.15}
     print(f"{'':>9} {'s/step':>8} {'generate':>9} {'reward':>7} {'update':>7} {'sync':>6} {'mean len':>9} "
-          f"{'vs TRL':>7}")
-    for name, r in results.items():
-        goal = f" (goal <= {goals[name]:.2f})" if name in goals else ""
-        print(f"{name:>9} {r['step']:>8.2f} {r['generate']:>9.2f} {r.get('reward', float('nan')):>7.2f} "
-              f"{r['update']:>7.2f} {r.get('sync', float('nan')):>6.2f} {r['completion_length']:>9.1f} "
-              f"{r['step'] / trl_step:>7.3f}{goal}")
-    print("  TRL's reward is inside its generate column and its sync is nil (one model)")
+          f"{'vs TRL':>7}", flush=True)
+    trl_result = run_trl_steps(model_dir, data_dir, work / "trl", args)
+    print_row("TRL", trl_result, trl_result["step"], f" (TRL {trl_result['trl_version']}; its reward is inside "
+              "generate, no sync: one model)")
+    goals = {"hf": 0.40, "vllm": 0.15}
+    for engine in args.engines:
+        try:
+            result = run_ours_steps(engine, model_dir, data_dir, work / f"rpt_{engine}", args)
+        except RuntimeError as error:  # one engine failing must not lose the others' rows
+            print(f"rpt {engine}: failed: {str(error)[-1500:]}", flush=True)
+            continue
+        print_row(f"rpt {engine}", result, trl_result["step"], f" (goal <= {goals[engine]:.2f})")
+
+
+def print_row(name: str, r: dict, trl_step: float, note: str) -> None:
+    print(f"{name:>9} {r['step']:>8.2f} {r['generate']:>9.2f} {r.get('reward', float('nan')):>7.2f} "
+          f"{r['update']:>7.2f} {r.get('sync', float('nan')):>6.2f} {r['completion_length']:>9.1f} "
+          f"{r['step'] / trl_step:>7.3f}{note}", flush=True)
 
 
 # --- rss: peak per-rank RSS, 2 ranks vs 1 -----------------------------------------------------------------
