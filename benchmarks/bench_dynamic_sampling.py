@@ -5,7 +5,8 @@ are all-equal and dropped (rpt.grpo.filter_groups). Each step wants --contexts g
 data-parallel ranks; every round every rank generates its share (contexts / ranks groups). Both schemes see
 the same random rewards (rank r takes the round's groups r, r + ranks, ... as SampleStream deals them) and
 run the real bookkeeping:
-  per rank: rpt.grpo.GroupCollector on every rank for its own share; the loop runs rounds while any rank is
+  per rank: the loop before pooling: every rank fills its own share (a PooledGroupCollector of one rank, fed
+            its own groups only, is exactly the former per-rank collector); rounds run while any rank is
             not done (a done rank still generates, since generation is collective, and discards it), and
             the groups a rank keeps beyond its share are dropped while another rank may end partial;
   pooled:   rpt.grpo.PooledGroupCollector fed every rank's rpt.grpo.select_kept list; it stops when all
@@ -24,7 +25,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from rpt.grpo import GroupCollector, PooledGroupCollector, select_kept  # noqa: E402
+from rpt.grpo import PooledGroupCollector, select_kept  # noqa: E402
 
 STEP, START_STEP = 600, 500  # dynamic sampling on
 
@@ -41,13 +42,14 @@ def simulate_step(rounds_rewards: list[torch.Tensor], ranks: int, contexts: int,
     per_rank = contexts // ranks
     names = [f"g{i}" for i in range(contexts)]
     # per rank: each rank its own collector; rounds continue while any rank is not done
-    collectors = [GroupCollector(per_rank, max_rounds, "partial", step=STEP, start_step=START_STEP)
+    collectors = [PooledGroupCollector(per_rank, max_rounds, "partial", step=STEP, start_step=START_STEP)
                   for _ in range(ranks)]
     rounds = 0
     while not all(collector.done for collector in collectors):
         for rank, collector in enumerate(collectors):
             if not collector.done:
-                collector.add(names[rank::ranks], rounds_rewards[rounds][rank::ranks])
+                rewards = rounds_rewards[rounds][rank::ranks]
+                collector.add_round([select_kept(names[rank::ranks], rewards, STEP, START_STEP)], [per_rank])
         rounds += 1
     trained = sum(len(collector.result()[0]) for collector in collectors)
     per_rank_stats = {"rounds": rounds, "generated": rounds * contexts, "trained": trained,
