@@ -43,7 +43,8 @@ full_tensor = DTensor.full_tensor
 DTensor.full_tensor = lambda self, **kwargs: gathered_dtypes.append(self.to_local().dtype) or full_tensor(self, **kwargs)
 full_bf16 = {name: tensor.clone() for name, tensor in iter_full_weights(policy, torch.bfloat16)}
 DTensor.full_tensor = full_tensor
-assert gathered_dtypes == ([torch.bfloat16] * len(full) if world_size > 1 else []), gathered_dtypes
+sharded = sum(isinstance(p, DTensor) for p in policy.model.parameters())
+assert (world_size == 1 or sharded > 0) and gathered_dtypes == [torch.bfloat16] * sharded, (sharded, gathered_dtypes)
 assert full_bf16.keys() == full.keys()
 for name, tensor in full_bf16.items():
     assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, full[name].to(torch.bfloat16)), name
