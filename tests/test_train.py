@@ -74,9 +74,12 @@ def test_two_ranks_match_one_process(tiny_data_dir, stories_dir, tmp_path):
     params_two = load_file(tmp_path / "two" / "hf" / "model.safetensors")
     largest = max((params_one[name] - initial[name]).abs().max().item() for name in params_one)
     assert largest > 1e-4  # three AdamW steps at lr 1e-3 moved the weights
-    for name in params_one:  # the updates agree to 1% of the largest update (fp32 sums in another order)
+    # the updates agree to 2% of the largest update: fp32 sums in another order, which AdamW amplifies where
+    # a gradient entry nearly cancels (length-bucketed micro-batches: 1 entry of 11,008 at 1.24%, while the
+    # gradient norms agree to 1e-6)
+    for name in params_one:
         torch.testing.assert_close(params_two[name] - initial[name], params_one[name] - initial[name],
-                                   atol=1e-2 * largest, rtol=0, msg=name)
+                                   atol=2e-2 * largest, rtol=0, msg=name)
     samples = [json.loads(line) for line in (tmp_path / "two" / "samples.jsonl").read_text().splitlines()]
     assert samples and len(samples[0]["responses"]) == 4 and len(samples[0]["rewards"]) == 4
 
