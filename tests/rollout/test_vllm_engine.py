@@ -74,6 +74,11 @@ class TestVLLMEngine:
             assert report["stopped"]["finish_reason"] == "stop"
             assert len(report["stopped"]["logprobs"]) == 1
 
+    def test_generate_on_a_weights_only_engine_raises(self, ranks):
+        for report in ranks:  # after sleep + update_weights: vLLM's scheduler stays paused on a GPU
+            assert report["generate_weights_only"].startswith("VLLMEngine.generate() while the engine is "
+                                                               "weights-only awake")
+
     def test_samples_reproducible_from_the_seed(self, ranks):
         first, other = ranks
         assert first["samples"] == first["samples_again"]  # same engine, same seed

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from rpt.dist import init_distributed
 from rpt.fsdp import build_policy, iter_full_weights
 from rpt.model import load_model
-from rpt.rollout.engine import SamplingParams
+from rpt.rollout.engine import EngineStateError, SamplingParams
 from rpt.rollout.vllm_engine import VLLMEngine
 
 SHARED_PROMPTS = [[9707, 11, 1879, 0], [785, 3974, 13876, 38835, 39935, 34208, 916, 279, 15678]]
@@ -119,13 +119,18 @@ def main(model_dir: str, tensor_parallel_size: int, out_dir: Path) -> None:
     report["weight_change_logprob_max_diff"] = (
         reference_logprobs(reference, PROBE_PROMPT, greedy_before[0][0].token_ids, 0.0) - before).abs().max().item()
 
-    engine.sleep()  # the update phase: a no-op on CPU, must not break anything
+    engine.sleep()  # the update phase: nothing is released on CPU, but the lifecycle is enforced
     counts = {"alive": 0, "peak": 0, "total": 0}
     engine.update_weights(counted_stream(iter_full_weights(policy), counts), reset_prefix_cache=False)
+    try:  # weights-only awake: generating here hangs vLLM on a GPU, so it must raise everywhere
+        engine.generate([PROBE_PROMPT], GREEDY)
+        report["generate_weights_only"] = "generated"
+    except EngineStateError as error:
+        report["generate_weights_only"] = str(error)
+    engine.wake()
     stale = engine.generate([PROBE_PROMPT], GREEDY)
     report["stale_cache_logprob_max_diff"] = max_logprob_diff(reference, [PROBE_PROMPT], stale, 0.0)
     engine.update_weights(iter_full_weights(policy))
-    engine.wake()
     fresh = engine.generate([PROBE_PROMPT], GREEDY)
     report["synced_logprob_max_diff"] = max_logprob_diff(reference, [PROBE_PROMPT], fresh, 0.0)
     report["stream_total"] = counts["total"]
