@@ -89,6 +89,20 @@ def _request_seed(entropy: list[int]) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
+def _prefill_args() -> dict:
+    """Scheduler arguments for the platform; the one place where CPU and CUDA engines are configured apart.
+
+    vLLM 0.32 prefills a batch in chunks of `max_num_batched_tokens` (default 4,096 on CPU); a request whose
+    prefill is cut mid-prompt has its sampled token discarded and its seeded generator rewound
+    (`gpu_model_runner._bookkeeping_sync`: `gen.set_offset(gen.get_offset() - 4)`), which CPU generators do
+    not support ("CPU Generator does not use offset"): with rpt's per-request seeds, G=8 copies of a few
+    hundred-token prompts crash the engine. Without chunked prefill every prompt is prefilled whole, and vLLM
+    then raises the token budget to at least max_model_len (`EngineArgs._set_default_args`), so no prompt is
+    ever cut. CUDA generators support the offset, so GPUs keep chunked prefill, which bounds the prefill
+    activations and overlaps prefills with decodes."""
+    return {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
+
+
 class VLLMEngine:
     """The `Engine` of rpt.rollout.engine backed by an in-process vLLM `LLM`."""
 
@@ -132,6 +146,7 @@ class VLLMEngine:
                 max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
                 kv_cache_memory_bytes=kv_cache_memory_bytes or None, enforce_eager=enforce_eager,
                 enable_sleep_mode=self.sleep_enabled, logprobs_mode="processed_logprobs",
+                **_prefill_args(),
                 skip_tokenizer_init=True,  # logs a harmless "Chat template warmup failed" traceback
             )
         random.setstate(python_rng)

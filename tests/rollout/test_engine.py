@@ -183,6 +183,7 @@ def test_vllm_engine_step_order_matches_vllm_sleep_semantics(gpu_vllm_engine):
     engine = gpu_vllm_engine
     fake = engine.llm
     assert fake.kwargs["enable_sleep_mode"] is True
+    assert "enable_chunked_prefill" not in fake.kwargs  # GPUs keep vLLM's chunked prefill
     engine.wake()  # step start on a fresh engine: nothing to do
     assert len(engine.generate([[1, 2]], PARAMS)[0]) == 2
     engine.sleep()
@@ -217,6 +218,7 @@ def test_vllm_engine_on_cpu_enforces_the_lifecycle_without_calling_sleep_mode(mo
     monkeypatch.setattr(vllm_engine, "current_platform", cpu)
     monkeypatch.setattr(vllm_engine.vllm, "LLM", FakeGPULLM)
     engine = vllm_engine.VLLMEngine(str(tmp_path), eos_token_id=0, kv_cache_memory_bytes=1 << 20)
+    assert engine.llm.kwargs["enable_chunked_prefill"] is False  # seeded sampling never meets a chunked prefill
     engine.sleep()
     with pytest.raises(EngineStateError, match="asleep"):
         engine.generate([[1, 2]], PARAMS)

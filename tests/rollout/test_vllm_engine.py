@@ -74,6 +74,11 @@ class TestVLLMEngine:
             assert report["stopped"]["finish_reason"] == "stop"
             assert len(report["stopped"]["logprobs"]) == 1
 
+    def test_seeded_sampling_survives_prompts_longer_than_the_prefill_chunk(self, ranks):
+        for report in ranks:  # 25,600 prompt tokens in one call: every sample drawn, log-probs still exact
+            assert report["long_lengths"] == [[4] * 8] * 8
+            assert report["long_logprob_max_diff"] <= LOGPROB_TOLERANCE
+
     def test_generate_on_a_weights_only_engine_raises(self, ranks):
         for report in ranks:  # after sleep + update_weights: vLLM's scheduler stays paused on a GPU
             assert report["generate_weights_only"].startswith("VLLMEngine.generate() while the engine is "

