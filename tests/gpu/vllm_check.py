@@ -71,8 +71,9 @@ def main(model_dir: str, out: Path) -> None:
     engine.sleep()
     report["free_asleep_gib"] = free_gib()
     torch.manual_seed(0)
-    for param in reference.parameters():  # perturb, then push: the outputs must change
-        param.add_(0.02 * param.float().std().item() * torch.randn_like(param))
+    with torch.no_grad():
+        for param in reference.parameters():  # perturb, then push: the outputs must change
+            param.add_(0.02 * param.float().std().item() * torch.randn_like(param))
     engine.update_weights((name, param.detach()) for name, param in reference.named_parameters())
     report["free_weights_only_gib"] = free_gib()
     engine.wake()
