@@ -8,6 +8,7 @@ by replica), the same losses and gradient norms up to FSDP's summation order.
 Slow: two vLLM jobs, 6 processes in all (about 4 minutes on 2 idle cores)."""
 import importlib.util
 import json
+import math
 import os
 import socket
 import subprocess
@@ -79,13 +80,16 @@ def test_two_agents_four_ranks_tp2_match_two_ranks(tiny_qwen2_dir, omni_math_pat
                  timeout=900)
 
     four, two = read_metrics(tmp_path / "four"), read_metrics(tmp_path / "two")
+    for name, records in (("four", four), ("two", two)):  # shown when an assertion fails
+        print(name, [(r["step"], r["rollout/reward_mean"], r["train/loss"], r["train/grad_norm"],
+                      r["train/mismatch_max"]) for r in records])
     assert [r["step"] for r in four] == [r["step"] for r in two] == [1, 2, 3]
     for record in four:
         assert record["train/mismatch_max"] < 1e-4, record["train/mismatch_max"]  # engine == trainer
         assert record["train/grad_norm"] > 0
-    # step 1 samples the same contexts with the same per-sample seeds from the same weights
-    assert four[0]["rollout/reward_mean"] == two[0]["rollout/reward_mean"]
-    for a, b in zip(four, two):  # later steps start from weights equal up to 4- vs 2-way reduction order
-        assert abs(a["rollout/reward_mean"] - b["rollout/reward_mean"]) < 1e-4
-        assert abs(a["train/loss"] - b["train/loss"]) < 1e-5
-        assert abs(a["train/grad_norm"] - b["train/grad_norm"]) < 1e-4 * max(1.0, b["train/grad_norm"])
+    # the same contexts, per-sample seeds and weights give the same samples; the dense reward is a policy
+    # forward and the loss a sum over ranks, so they agree up to 4- vs 2-way FSDP reduction order
+    for a, b in zip(four, two):
+        assert math.isclose(a["rollout/reward_mean"], b["rollout/reward_mean"], rel_tol=1e-4), a["step"]
+        assert math.isclose(a["train/loss"], b["train/loss"], rel_tol=1e-4, abs_tol=1e-7), a["step"]
+        assert math.isclose(a["train/grad_norm"], b["train/grad_norm"], rel_tol=1e-4), a["step"]
