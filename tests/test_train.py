@@ -224,3 +224,22 @@ def test_dynamic_sampling_pooled_over_two_ranks_matches_one_process(tiny_data_di
         assert abs(one[step]["train/grad_norm"] - two[step]["train/grad_norm"]) <= 1e-5 * max(1, one[step]["train/grad_norm"])
     assert sum(one[s]["rollout/groups_filtered"] for s in one) > 0  # groups were dropped ...
     assert any(one[s]["rollout/kept_group_frac"] > 0 and one[s]["train/grad_norm"] > 0 for s in one)  # ... and kept
+
+
+def test_reasoning_eval_every_step_with_the_engine_awake(tiny_data_dir, tmp_path):
+    """eval_mode reasoning generates with the engine: it must be awake, not weights-only after the sync (the
+    old order: sleep, update_weights, evaluate -> EngineStateError here, a hang in vLLM on a GPU). 2 ranks,
+    the HF engine, evaluation after every step; per-phase memory is logged."""
+    run_torchrun(TRAIN, overrides(tiny_data_dir, tmp_path, steps=2, **{
+        "logging.eval_every": 1, "logging.eval_mode": "reasoning", "logging.eval_max_samples": 4,
+        "train.export_hf": False}), nproc=2)
+    metrics = read_metrics(tmp_path)
+    assert sorted(metrics) == [1, 2]
+    for record in metrics.values():
+        for split in ("easy", "medium", "hard"):
+            assert record[f"eval/{split}/num_samples"] == 4
+            assert 0 <= record[f"eval/{split}/reasoning_acc"] <= 1
+        for phase in ("generate", "update", "sync"):  # CPU: the process's peak RSS so far, > 100 MiB
+            assert record[f"perf/mem_{phase}_peak_rss_gib"] > 0.1
+    assert metrics[2]["perf/mem_sync_peak_rss_gib"] >= metrics[1]["perf/mem_generate_peak_rss_gib"]  # only grows
+
