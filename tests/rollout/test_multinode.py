@@ -5,7 +5,7 @@ tiny Qwen2 (tests/rollout/test_vllm_trainer.py's settings) must keep engine and 
 (< 1e-4) and reproduce a 2-rank single-agent run: the same rollouts at step 1 (per-sample seeds, data split
 by replica), the same losses and gradient norms up to FSDP's summation order.
 
-Slow: two vLLM jobs, 6 processes in all (about 4 minutes on 2 idle cores)."""
+Slow: two vLLM jobs, 6 processes in all (513 s on 2 CPU cores shared with other jobs)."""
 import importlib.util
 import json
 import math
