@@ -1,4 +1,5 @@
 """Environment: a CUDA build of torch the driver can run, bf16, NCCL, and vllm importable."""
+import ctypes
 import importlib.util
 
 import pytest
@@ -9,8 +10,16 @@ from tests.gpu.conftest import needs_cuda
 pytestmark = [pytest.mark.gpu, needs_cuda]
 
 
+def driver_cuda_version() -> int:
+    """The newest CUDA the installed driver supports, e.g. 12040 (the driver API's cuDriverGetVersion;
+    torch exposes only the CUDA it was built with)."""
+    version = ctypes.c_int()
+    assert ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(version)) == 0
+    return version.value
+
+
 def test_torch_cuda_build_runs_on_this_driver():
-    driver = torch._C._cuda_getDriverVersion()  # e.g. 12040: the newest CUDA the driver supports
+    driver = driver_cuda_version()
     runtime = torch.version.cuda  # the CUDA torch was built with, e.g. "12.8"
     major, minor = (int(x) for x in runtime.split(".")[:2])
     print(f"torch {torch.__version__} built for CUDA {runtime}, driver supports {driver // 1000}.{driver % 1000 // 10}, "
