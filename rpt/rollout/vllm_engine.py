@@ -90,7 +90,7 @@ def _request_seed(entropy: list[int]) -> int:
 
 
 def _prefill_args() -> dict:
-    """Scheduler arguments for the platform; the one place where CPU and CUDA engines are configured apart.
+    """Scheduler arguments for the platform: the one place where CPU and CUDA scheduling differ.
 
     vLLM 0.32 prefills a batch in chunks of `max_num_batched_tokens` (default 4,096 on CPU); a request whose
     prefill is cut mid-prompt has its sampled token discarded and its seeded generator rewound
