@@ -33,7 +33,8 @@ def ranks(request, tiny_qwen2_dir, tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp(f"vllm_tp{tensor_parallel_size}")
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING",
            "VLLM_CACHE_ROOT": str(tmp_path_factory.getbasetemp() / "vllm_cache")}
-    run_torchrun(WORKER, [str(tiny_qwen2_dir), str(tensor_parallel_size), str(out_dir)], nproc=2, env=env)
+    run_torchrun(WORKER, [str(tiny_qwen2_dir), str(tensor_parallel_size), str(out_dir)], nproc=2, env=env,
+                 timeout=600)  # start-up dominates; the long-prompt check adds 64 prefills of 400 tokens
     return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(2)]
 
 

@@ -1,7 +1,8 @@
 """Run under torchrun by tests/test_train.py: `grpo.on_round_cap: error` hit on rank 1 only. Rank 1's rewards
 are made all-equal (every group dropped by dynamic sampling), rank 0's keep their spread (dense reward), so
-the pooled batch ends its single round short with only rank 1's groups missing. Each rank writes the error it raised to OUT/rank{r}.txt, and the
-timeout of the process group that train() created from train.dist_timeout_minutes to OUT/timeout{r}.txt.
+the pooled batch ends its single round short with only rank 1's groups missing. Each rank writes the error
+it raised to OUT/rank{r}.txt, and the timeout of the process group that train() created from
+train.dist_timeout_minutes to OUT/timeout{r}.txt.
 
     torchrun --nproc_per_node=2 tests/workers/round_cap_worker.py OUT --config ... --section.key=value ...
 """
