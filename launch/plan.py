@@ -4,7 +4,8 @@
         --world_size 8 --gpu_memory_gib 80
 
 Reads only the model's config.json (no weights) and the training config (the same --config and
---section.key=value overrides as launch/train.py; data.path is not needed). Warnings are printed after the table, naming the field to change.
+--section.key=value overrides as launch/train.py; data.path is not needed). Warnings are printed after the
+table, naming the field to change.
 """
 import argparse
 import sys

@@ -22,8 +22,8 @@ def test_torch_cuda_build_runs_on_this_driver():
     driver = driver_cuda_version()
     runtime = torch.version.cuda  # the CUDA torch was built with, e.g. "12.8"
     major, minor = (int(x) for x in runtime.split(".")[:2])
-    print(f"torch {torch.__version__} built for CUDA {runtime}, driver supports {driver // 1000}.{driver % 1000 // 10}, "
-          f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
+    print(f"torch {torch.__version__} built for CUDA {runtime}, driver supports {driver // 1000}."
+          f"{driver % 1000 // 10}, {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
     assert driver >= major * 1000 + minor * 10, "the driver is older than torch's CUDA: update the driver or torch"
     x = torch.randn(256, 256, device="cuda")
     assert torch.allclose((x @ x).cpu(), x.cpu() @ x.cpu(), atol=1e-3, rtol=1e-3)

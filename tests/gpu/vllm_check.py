@@ -40,9 +40,9 @@ def free_gib() -> float:
 
 
 def main(model_dir: str, out: Path) -> None:
-    cfg = load_config("launch/configs/rpt_14b.yaml", [f"--model.path={model_dir}", "--data.path=unused",
-                                                      "--data.max_prompt_tokens=1024", "--rollout.max_response_tokens=512",
-                                                      "--rollout.gpu_memory_utilization=0.5"])
+    cfg = load_config("launch/configs/rpt_14b.yaml", [
+        f"--model.path={model_dir}", "--data.path=unused", "--data.max_prompt_tokens=1024",
+        "--rollout.max_response_tokens=512", "--rollout.gpu_memory_utilization=0.5"])
     tokenizer = load_tokenizer(model_dir)
     prompts = [tokenizer(text).input_ids for text in TEXTS]
     report = {"free_before_engine_gib": free_gib()}
@@ -58,7 +58,8 @@ def main(model_dir: str, out: Path) -> None:
     sampling = SamplingParams(n=4, temperature=cfg.rollout.temperature, max_tokens=32)
     first = engine.generate(prompts, sampling, seeds=[11, 12, 13])
     again = engine.generate(prompts, sampling, seeds=[11, 12, 13])
-    report["seeded_reproducible"] = [[c.token_ids for c in g] for g in first] == [[c.token_ids for c in g] for g in again]
+    token_ids = [[c.token_ids for c in group] for group in first]
+    report["seeded_reproducible"] = token_ids == [[c.token_ids for c in group] for group in again]
     report["distinct_samples"] = len({tuple(c.token_ids) for g in first for c in g})
     reference = load_model(model_dir, "bfloat16", device="cuda").eval()
     report["logprob_max_diff"], report["logprob_mean_diff"] = max_and_mean_logprob_diff(
