@@ -9,6 +9,7 @@ Deviation from the paper's wording: "actor gradient clip 0.2" is read as the gra
 clip *ratio* would do nothing. The PPO clip ratios (`grpo.clip_low`, `grpo.clip_high`) are 0.2 as well.
 """
 import dataclasses
+import importlib.util
 import math
 import types
 import typing
@@ -27,7 +28,7 @@ class ModelConfig:
     param_dtype: Literal["float32", "bfloat16"] = "bfloat16"  # FSDP compute dtype (MixedPrecisionPolicy)
     reduce_dtype: Literal["float32", "bfloat16"] = "float32"  # FSDP gradient reduce-scatter dtype
     activation_checkpointing: bool = True
-    attn_implementation: str = "sdpa"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"  # flash: the flash-attn package
 
 
 @dataclass
@@ -100,6 +101,7 @@ class TrainConfig:
     resume: str = ""  # "", "auto" (latest complete checkpoint in output_dir) or a checkpoint directory
     overwrite: bool = False  # a fresh run may delete another run's files in output_dir (rpt/run_dir.py)
     export_hf: bool = True  # write the final policy as an HF directory to output_dir/hf
+    dist_timeout_minutes: float = 120.0  # a collective waiting longer fails the job (NCCL's default: 10)
 
 
 @dataclass
@@ -285,6 +287,7 @@ RANGES = [
     ("train.warmup_steps", lambda x: x >= 0, ">= 0"),
     ("train.save_every", lambda x: x >= 0, ">= 0 (0: never)"),
     ("train.keep_checkpoints", lambda x: x >= 1, ">= 1"),
+    ("train.dist_timeout_minutes", lambda x: math.isfinite(x) and x > 0, "finite and > 0"),
     ("logging.log_every", lambda x: x >= 1, ">= 1"),
     ("logging.samples_every", lambda x: x >= 0, ">= 0 (0: never)"),
     ("logging.samples_per_dump", lambda x: x >= 0, ">= 0"),
@@ -305,6 +308,13 @@ def validate(cfg: Config) -> None:
         _check(test(value), key, value, requirement)
     if cfg.train.batch_size % cfg.train.mini_batch_size:
         raise ConfigError("train.batch_size must be a positive multiple of train.mini_batch_size")
+    if cfg.model.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        # transformers would otherwise fail at model load, after the process group and data are set up, or
+        # try to fetch a kernel from the hub, which HF_HUB_OFFLINE forbids
+        raise ConfigError("model.attn_implementation=flash_attention_2 needs the flash-attn package, which is "
+                          "not installed: `pip install flash-attn --no-build-isolation` in this environment "
+                          "(a wheel built for its torch and CUDA; README 'First hour on a GPU node'), or use "
+                          "the working default model.attn_implementation=sdpa")
     if not cfg.data.chat and cfg.data.think_prefill:
         raise ConfigError("data.think_prefill needs data.chat=true (the <think> turn opens the chat reply)")
     if cfg.train.overwrite and cfg.train.resume:

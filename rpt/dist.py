@@ -1,18 +1,25 @@
 """Process-group setup from torchrun's environment, in the spirit of nanoGPT / nanochat.
 
 Under torchrun (RANK set): nccl on CUDA, gloo on CPU, one device per local rank. Without RANK: a single
-process, no process group, and every helper below still works.
+process, no process group, and every helper below still works. Also here: the per-phase device memory
+helpers the loop calls at its phase boundaries (`empty_cache`, `memory_metrics`).
 """
+import datetime
 import os
 import random
+import resource
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
-    """-> (rank, world_size, device). Idempotent."""
+def init_distributed(timeout_minutes: float = 120.0) -> tuple[int, int, torch.device]:
+    """-> (rank, world_size, device). Idempotent.
+
+    timeout_minutes: how long a collective may wait for the other ranks before the job fails (NCCL's
+    watchdog default is 10 minutes; an RPT rank that finishes generating waits in the next all-reduce
+    while others still write 8k-token responses, and a 14B checkpoint save takes minutes as well)."""
     if "RANK" not in os.environ:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if torch.cuda.is_available():
@@ -24,7 +31,8 @@ def init_distributed() -> tuple[int, int, torch.device]:
         device = torch.device("cpu")
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
+        dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None,
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     return dist.get_rank(), dist.get_world_size(), device
 
 
@@ -79,6 +87,33 @@ def reduce_metrics(values: dict[str, "torch.Tensor | float"], op=dist.ReduceOp.S
     stacked = torch.stack([torch.as_tensor(values[k], dtype=torch.float64, device=device).reshape(())
                            for k in keys])  # (K,)
     return dict(zip(keys, all_reduce(stacked, op).tolist()))
+
+
+def empty_cache(device: torch.device) -> None:
+    """Give the CUDA caching allocator's free blocks back at a phase boundary (as verl does around its
+    rollout/update switches), so that the engine waking next can map them; a no-op on CPU, which has no
+    caching allocator."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def memory_metrics(device: torch.device, phase: str) -> dict[str, float]:
+    """This rank's memory during the phase that just ended, as `perf/mem_{phase}_*` metrics in GiB.
+
+    CUDA: the allocator's peak allocated and reserved bytes since the last call (the peak is reset here, so
+    each phase reports its own) and the device's free memory now (`mem_get_info`, which also sees vLLM's
+    and NCCL's allocations outside torch's allocator). CPU: the process's peak resident set so far
+    (`getrusage`, which cannot be reset: it only grows)."""
+    gib = 1024 ** 3
+    prefix = f"perf/mem_{phase}"
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        metrics = {f"{prefix}_max_allocated_gib": torch.cuda.max_memory_allocated(device) / gib,
+                   f"{prefix}_max_reserved_gib": torch.cuda.max_memory_reserved(device) / gib,
+                   f"{prefix}_free_gib": free / gib}
+        torch.cuda.reset_peak_memory_stats(device)
+        return metrics
+    return {f"{prefix}_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / gib}  # KiB
 
 
 def cleanup() -> None:

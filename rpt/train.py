@@ -17,6 +17,7 @@ gradient norm is not finite is skipped (the paper says nothing); the TIS correct
 by default as in the paper.
 """
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,12 +27,14 @@ import torch.distributed as dist
 from rpt.config import Config, save_config, to_dict
 from rpt.data import SampleStream
 from rpt.data.samples_io import check_vocabulary
-from rpt.dist import all_gather_objects, init_distributed, print0, reduce_metrics, seed_everything
+from rpt.dist import all_gather_objects, empty_cache, init_distributed, memory_metrics, print0, reduce_metrics, \
+    seed_everything
 from rpt.fsdp import build_policy, export_hf, iter_full_weights, latest_checkpoint, load_checkpoint, \
     move_optimizer_state, save_checkpoint
 from rpt.grpo.advantages import compute_advantages
 from rpt.grpo.sampling import PooledGroupCollector, select_kept
 from rpt.model import DTYPES, load_model, load_tokenizer
+from rpt.plan import GIB, plan_memory, read_model_shape, summary_line
 from rpt.rollout.engine import Engine, SamplingParams
 from rpt.rollout.groups import FirstTokenLogprobs, Group, PromptSettings, RewardSettings, generate_groups, \
     score_groups
@@ -134,7 +137,7 @@ def collect_rollouts(engine: Engine, tokenizer, stream: SampleStream, collector:
 # --- the loop ------------------------------------------------------------------------------------------------
 
 def train(cfg: Config) -> list[dict]:
-    rank, world_size, device = init_distributed()
+    rank, world_size, device = init_distributed(cfg.train.dist_timeout_minutes)
     tp = cfg.rollout.tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
     dp_rank, dp_size = rank // tp, world_size // tp
     n_minibatches = cfg.train.batch_size // cfg.train.mini_batch_size
@@ -201,16 +204,27 @@ def train(cfg: Config) -> list[dict]:
         writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step + 1)
     print0(f"rpt: {n_params / 1e6:.2f}M params, {world_size} ranks (tp {tp}), engine {cfg.rollout.engine}, "
            f"{cfg.train.batch_size} contexts x G={cfg.rollout.n} per step, steps {start_step}..{cfg.train.steps}")
+    if device.type == "cuda":  # what launch/plan.py predicts for this job, to hold against perf/mem_*
+        plan = plan_memory(read_model_shape(cfg.model.path), cfg, world_size,
+                           torch.cuda.get_device_properties(device).total_memory / GIB,
+                           int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+        print0(summary_line(plan))
 
     # on a GPU the engine and the training state take turns: AdamW state on the CPU while generating
     offload = cfg.rollout.offload_optimizer and device.type == "cuda"
+
+    def wake_engine() -> None:
+        """Hand the GPU to the engine (rpt/rollout/engine.py's lifecycle): before rollouts and evaluation."""
+        if offload:
+            move_optimizer_state(optimizer, "cpu")
+        empty_cache(device)  # the moments' and the update's cached blocks, for the KV cache to map
+        engine.wake()
+
     history = []
     for step in range(start_step, cfg.train.steps):
         step_start = time.perf_counter()
         # sample contexts -> generate -> reward (refilled by dynamic sampling)
-        if offload:
-            move_optimizer_state(optimizer, "cpu")
-        engine.wake()
+        wake_engine()
         collector = PooledGroupCollector(cfg.train.batch_size, cfg.grpo.max_generation_rounds,
                                          cfg.grpo.on_round_cap, step=step,
                                          start_step=cfg.grpo.dynamic_sampling_start_step)
@@ -224,8 +238,10 @@ def train(cfg: Config) -> list[dict]:
         adv = compute_advantages(rewards, eps=cfg.grpo.adv_eps, scale_by_std=cfg.grpo.scale_by_std) \
             if len(groups) else rewards  # (b, G)
         completions = [c for group in groups for c in group.completions]
+        memory = memory_metrics(device, "generate")
         # update
         engine.sleep()
+        empty_cache(device)  # what the engine released, before the update allocates
         if offload:
             move_optimizer_state(optimizer, device)
         start = time.perf_counter()
@@ -242,10 +258,12 @@ def train(cfg: Config) -> list[dict]:
             ref_logps=ref_logps)
         scheduler.step()
         update_time = time.perf_counter() - start
-        # sync weights into the engine
+        memory.update(memory_metrics(device, "update"))
+        # sync weights into the engine (its weights only: the KV cache comes back with the next wake)
         start = time.perf_counter()
         engine.update_weights(iter_full_weights(policy, sync_dtype))
         sync_time = time.perf_counter() - start
+        memory.update(memory_metrics(device, "sync"))
 
         # log: sums over ranks (one collective), then means
         lengths = [len(c.token_ids) for c in completions]
@@ -258,7 +276,10 @@ def train(cfg: Config) -> list[dict]:
             "all_reward_sum": rollout_stats["all_reward_sum"], "all_samples": rollout_stats["all_samples"],
             "all_tokens": rollout_stats["all_tokens"],
         })
-        maxima = reduce_metrics({"response_len_max": max(lengths, default=0)}, dist.ReduceOp.MAX)
+        maxima = reduce_metrics({"response_len_max": max(lengths, default=0),
+                                 **{k: v for k, v in memory.items() if not k.endswith("_free_gib")}}, dist.ReduceOp.MAX)
+        free = {k: v for k, v in memory.items() if k.endswith("_free_gib")}  # CUDA only: the tightest rank's
+        maxima.update(reduce_metrics(free, dist.ReduceOp.MIN) if free else {})
         n = max(sums["samples"], 1)
         totals["skipped_updates"] += update["skipped_updates"]
         totals["train_compute"] += 6 * n_params * (sums["gen_tokens"] + sums["prompt_tokens"]) \
@@ -281,9 +302,12 @@ def train(cfg: Config) -> list[dict]:
             "perf/time_update": update_time, "perf/time_sync": sync_time, "perf/time_step": step_time,
             "perf/tokens_per_s": sums["all_tokens"] / max(rollout_stats["generate"], 1e-9) / world_size,
             "perf/train_compute": totals["train_compute"],
+            **{key: maxima[key] for key in memory},  # per phase, the rank that used the most / had least free
         }
-        # evaluate on the held-out splits (rpt.eval), every rank its share
+        # evaluate the updated policy on the held-out splits (rpt.eval), every rank its share; reasoning mode
+        # generates, so the engine wakes first (the next step's wake is then a no-op)
         if cfg.logging.eval_every and (step + 1) % cfg.logging.eval_every == 0:
+            wake_engine()
             metrics.update(evaluate_policy(policy, tokenizer, engine, cfg, step + 1))
         history.append({"step": step + 1, **metrics})
         if rank == 0:

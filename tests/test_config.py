@@ -1,4 +1,5 @@
 """Config: YAML <-> dataclass round trip, override parsing, validation errors that name the key."""
+import importlib.util
 import subprocess
 import sys
 
@@ -20,13 +21,15 @@ def test_defaults_are_the_papers_table5():
     assert (cfg.grpo.clip_low, cfg.grpo.clip_high, cfg.train.steps) == (0.2, 0.2, 1000)
 
 
-def test_14b_preset_equals_defaults_except_paths_and_output():
+def test_14b_preset_equals_defaults_except_paths_output_and_engine_memory():
+    """Engine memory is not in Table 5: rpt_14b.yaml sets it from launch/plan.py (tests/test_plan.py)."""
     cfg = load_config(str(REPO / "launch/configs/rpt_14b.yaml"), PATHS)
     expected = to_dict(Config())
     got = to_dict(cfg)
     for section in expected:
         for key in expected[section]:
-            if (section, key) in {("model", "path"), ("data", "path"), ("train", "output_dir")}:
+            if (section, key) in {("model", "path"), ("data", "path"), ("train", "output_dir"),
+                                  ("rollout", "gpu_memory_utilization")}:
                 continue
             assert got[section][key] == expected[section][key], f"{section}.{key}"
 
@@ -57,6 +60,8 @@ def test_override_parsing_forms():
     (["--rollout.engine=sglang"], "rollout.engine: 'sglang' is not one of"),
     (["--train.betas=[0.9]"], "train.betas: expected 2 values"),
     (["--data.chat=maybe"], "data.chat: expected bool"),
+    (["--model.attn_implementation=flash"], "model.attn_implementation: 'flash' is not one of"),
+    (["--train.dist_timeout_minutes=0"], "train.dist_timeout_minutes must be finite and > 0"),
     (["train.lr=1"], "overrides look like --section.key=value"),
 ])
 def test_bad_overrides_name_the_key(args, message):
@@ -130,3 +135,16 @@ def test_check_paths_names_the_missing_path(stories_dir, tiny_data_dir, tmp_path
         check_paths(load_config(None, [good[0], f"--data.path={tmp_path}"]))
     with pytest.raises(ConfigError, match="model.tokenizer_path"):
         check_paths(load_config(None, good + [f"--model.tokenizer_path={tmp_path / 'nope'}"]))
+
+
+def test_flash_attention_without_the_package_is_a_config_error(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn"
+                        else real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match=r"flash_attention_2 needs the flash-attn package.*"
+                                          r"pip install flash-attn.*model.attn_implementation=sdpa"):
+        load_config(None, PATHS + ["--model.attn_implementation=flash_attention_2"])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn"
+                        else real_find_spec(name, *a))
+    cfg = load_config(None, PATHS + ["--model.attn_implementation=flash_attention_2"])  # installed: accepted
+    assert cfg.model.attn_implementation == "flash_attention_2"

@@ -1,5 +1,7 @@
 """Process-group setup in 1 process (no torchrun) and 2 processes (torchrun, gloo)."""
 import json
+import subprocess
+import sys
 
 import torch
 
@@ -20,6 +22,7 @@ def test_two_ranks_gloo():
     line = [l for l in result.stdout.splitlines() if l.startswith("{")][-1]
     out = json.loads(line)
     assert out["world_size"] == 2 and out["device"] == "cpu"
+    assert out["timeout_s"] == 450.0  # init_distributed(timeout_minutes=7.5) reached the process group
     assert out["sum"] == [1.0, 2.0] and out["max"] == [1.0] and out["reduced_on"] == "cpu"
     seed_everything(123, 0)
     first = torch.rand(1).item()
@@ -27,3 +30,23 @@ def test_two_ranks_gloo():
     second = torch.rand(1).item()
     assert out["draws"] == [first, second]  # seeded per rank, reproducibly, and different
     assert first != second
+
+
+def test_cpu_memory_metrics_report_the_kernels_peak_rss():
+    """In a fresh process: touch 512 MiB, then the metric must be at least that and equal the kernel's own
+    high-water mark (VmHWM in /proc/self/status)."""
+    code = """
+import json, torch
+from rpt.dist import memory_metrics
+block = torch.ones(128 * 1024 * 1024)  # 512 MiB of float32, every page touched
+metrics = memory_metrics(torch.device("cpu"), "generate")
+hwm_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({**metrics, "hwm_gib": hwm_kib / 1024 ** 2}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                            env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert list(out) == ["perf/mem_generate_peak_rss_gib", "hwm_gib"]
+    assert out["perf/mem_generate_peak_rss_gib"] >= 0.5
+    assert abs(out["perf/mem_generate_peak_rss_gib"] - out["hwm_gib"]) < 0.01

@@ -227,3 +227,42 @@ def test_dynamic_sampling_pooled_over_two_ranks_matches_one_process(tiny_data_di
         assert abs(one[step]["train/grad_norm"] - two[step]["train/grad_norm"]) <= 1e-5 * max(1, one[step]["train/grad_norm"])
     assert sum(one[s]["rollout/groups_filtered"] for s in one) > 0  # groups were dropped ...
     assert any(one[s]["rollout/kept_group_frac"] > 0 and one[s]["train/grad_norm"] > 0 for s in one)  # ... and kept
+
+
+def test_reasoning_eval_every_step_with_the_engine_awake(tiny_data_dir, tmp_path):
+    """eval_mode reasoning generates with the engine: it must be awake, not weights-only after the sync (the
+    old order: sleep, update_weights, evaluate -> EngineStateError here, a hang in vLLM on a GPU). 2 ranks,
+    the HF engine, evaluation after every step; per-phase memory is logged."""
+    run_torchrun(TRAIN, overrides(tiny_data_dir, tmp_path, steps=2, **{
+        "logging.eval_every": 1, "logging.eval_mode": "reasoning", "logging.eval_max_samples": 4,
+        "train.export_hf": False}), nproc=2)
+    metrics = read_metrics(tmp_path)
+    assert sorted(metrics) == [1, 2]
+    for record in metrics.values():
+        for split in ("easy", "medium", "hard"):
+            assert record[f"eval/{split}/num_samples"] == 4
+            assert 0 <= record[f"eval/{split}/reasoning_acc"] <= 1
+        for phase in ("generate", "update", "sync"):  # CPU: the process's peak RSS so far, > 100 MiB
+            assert record[f"perf/mem_{phase}_peak_rss_gib"] > 0.1
+    assert metrics[2]["perf/mem_sync_peak_rss_gib"] >= metrics[1]["perf/mem_generate_peak_rss_gib"]  # only grows
+
+
+
+def test_round_cap_error_on_one_rank_reaches_every_rank(tiny_data_dir, tmp_path):
+    """on_round_cap=error with only rank 1's groups dropped: the pooled batch is short, and both ranks raise
+    the cap error themselves, rather than one raising while the other waits in the update's collective for
+    the process-group timeout (here 1 minute: train.dist_timeout_minutes, checked on the group as well)."""
+    args = overrides(tiny_data_dir, tmp_path / "run", steps=1, **{
+        "reward.kind": "dense", "grpo.dynamic_sampling_start_step": 0, "grpo.max_generation_rounds": 1,
+        "grpo.on_round_cap": "error", "train.dist_timeout_minutes": 1, "train.export_hf": False})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(REPO / "tests/workers/round_cap_worker.py"), str(tmp_path), *args], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    rank0, rank1 = ((tmp_path / f"rank{r}.txt").read_text() for r in (0, 1))
+    # rank 0 kept its 2 groups (dense rewards have spread), rank 1 none: 2 of the 4 the step needs
+    assert rank0 == rank1
+    assert rank0.startswith("RuntimeError: dynamic sampling kept 2 of 4 groups over all ranks after 1 generation "
+                            "rounds (4 groups generated, 2 with all-equal rewards)")
+    assert [(tmp_path / f"timeout{r}.txt").read_text() for r in (0, 1)] == ["60.0", "60.0"]

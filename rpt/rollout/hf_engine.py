@@ -9,25 +9,32 @@ all-gathers, and ranks that stop at different lengths cannot deadlock (the reaso
 Each prompt is generated on its own with its own seed (see Engine.generate), so a sample depends only on its prompt and
 seed, never on how prompts are batched or split over ranks (the 1-rank vs 2-rank equality rests on this).
 Log-probs are those of the sampled tokens after temperature and top-p, like vLLM's processed_logprobs.
+
+Lifecycle (rpt/rollout/engine.py), enforced like vLLM's: on CUDA `sleep()` moves the copy to the CPU and
+`update_weights` / `wake()` bring it back (this engine has no KV cache to keep apart, so WEIGHTS_ONLY and
+AWAKE hold the same memory); on CPU nothing moves, but a sleeping engine refuses to generate all the same.
 """
 from collections.abc import Iterable
 
 import torch
 
-from rpt.rollout.engine import Completion, SamplingParams
+from rpt.rollout.engine import Completion, EngineState, Lifecycle, SamplingParams
 
 
 class HFEngine:
     def __init__(self, model: torch.nn.Module, eos_token_id: int | list[int], pad_token_id: int | None = None):
         """model: a plain HF causal LM the engine owns (e.g. loaded from the same directory as the policy)."""
         self.model = model.eval()
+        self.device = next(model.parameters()).device  # where generation runs; sleep() moves off a GPU
+        self.lifecycle = Lifecycle("HFEngine")
         self.eos_ids = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
         self.pad_token_id = pad_token_id if pad_token_id is not None else min(self.eos_ids)
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams,
                  seeds: list[int] | None = None) -> list[list[Completion]]:
-        device = next(self.model.parameters()).device
+        self.lifecycle.check_generate()
+        device = self.device
         seeds = seeds if seeds is not None else [params.seed + i for i in range(len(prompts))]
         results = []
         for prompt, seed in zip(prompts, seeds):
@@ -56,12 +63,16 @@ class HFEngine:
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        if self.lifecycle.begin_update_weights():
+            self.model.to(self.device)
         params = dict(self.model.named_parameters())
         for name, tensor in named_tensors:
             params[name].copy_(tensor)
 
-    def sleep(self) -> None:  # nothing to release: the copy is small by construction
-        pass
+    def sleep(self) -> None:
+        if self.lifecycle.begin_sleep() and self.device.type == "cuda":
+            self.model.to("cpu")
 
     def wake(self) -> None:
-        pass
+        if self.lifecycle.begin_wake() is EngineState.ASLEEP and self.device.type == "cuda":
+            self.model.to(self.device)

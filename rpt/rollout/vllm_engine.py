@@ -36,7 +36,9 @@ computed with the old weights and would otherwise be reused.
 
 Memory sharing (CUDA only). With `sleep_level` 1 or 2, `sleep()` releases the KV cache (level 1 offloads the
 weights to CPU, level 2 discards them) before the update phase; `update_weights` wakes the weights only and
-`wake()` brings the KV cache back before generation. On CPU vLLM has no sleep mode, so both are no-ops.
+`wake()` brings the KV cache back before generation. On CPU vLLM has no sleep mode, so nothing is released,
+but the lifecycle of rpt/rollout/engine.py is enforced in every case (a generate between sleep and wake
+raises), so CPU runs catch the orders that would hang a GPU.
 
 Side effects of vLLM to know about (observed with 0.32.0 on CPU): creating the engine seeds the global
 Python/numpy/torch RNGs (undone here), the CPU worker turns `torch.set_num_threads` into a no-op, and deleting
@@ -53,7 +55,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from rpt.rollout.engine import Completion, SamplingParams
+from rpt.rollout.engine import Completion, EngineState, Lifecycle, SamplingParams
 
 try:
     import vllm
@@ -85,6 +87,20 @@ def _request_seed(entropy: list[int]) -> int:
     and the prompt index); vLLM seeds the prompt's j-th sample with it + j, so nearby raw seeds would share
     streams."""
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def _prefill_args() -> dict:
+    """Scheduler arguments for the platform: the one place where CPU and CUDA scheduling differ.
+
+    vLLM 0.32 prefills a batch in chunks of `max_num_batched_tokens` (default 4,096 on CPU); a request whose
+    prefill is cut mid-prompt has its sampled token discarded and its seeded generator rewound
+    (`gpu_model_runner._bookkeeping_sync`: `gen.set_offset(gen.get_offset() - 4)`), which CPU generators do
+    not support ("CPU Generator does not use offset"): with rpt's per-request seeds, G=8 copies of a few
+    hundred-token prompts crash the engine. Without chunked prefill every prompt is prefilled whole, and vLLM
+    then raises the token budget to at least max_model_len (`EngineArgs._set_default_args`), so no prompt is
+    ever cut. CUDA generators support the offset, so GPUs keep chunked prefill, which bounds the prefill
+    activations and overlaps prefills with decodes."""
+    return {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
 
 
 class VLLMEngine:
@@ -130,17 +146,18 @@ class VLLMEngine:
                 max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
                 kv_cache_memory_bytes=kv_cache_memory_bytes or None, enforce_eager=enforce_eager,
                 enable_sleep_mode=self.sleep_enabled, logprobs_mode="processed_logprobs",
+                **_prefill_args(),
                 skip_tokenizer_init=True,  # logs a harmless "Chat template warmup failed" traceback
             )
         random.setstate(python_rng)
         np.random.set_state(numpy_rng)
-        self.sleeping = False
-        self.weights_awake = False  # during a sleep: update_weights already brought the weights back
+        self.lifecycle = Lifecycle("VLLMEngine")
 
     def generate(self, prompts: list[list[int]], params: SamplingParams,
                  seeds: list[int] | None = None) -> list[list[Completion]]:
         """prompts: B lists of prompt token ids -> B lists of params.n completions (vLLM's sample order).
         seeds: one per prompt (see Engine.generate); default (params.seed, prompt index)."""
+        self.lifecycle.check_generate()
         entropy = [[seed] for seed in seeds] if seeds is not None else [[params.seed, i] for i in range(len(prompts))]
         requests = [
             vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
@@ -168,9 +185,8 @@ class VLLMEngine:
 
         Every rank of the job must call it with the same stream (gathering from FSDP shards is collective).
         reset_prefix_cache=False exists only so a test can show that stale cached KV is caught."""
-        if self.sleeping and not self.weights_awake:
+        if self.lifecycle.begin_update_weights() and self.sleep_enabled:
             self.llm.wake_up(tags=["weights"])  # the KV cache stays released until wake()
-            self.weights_awake = True
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors),
                                                           "is_checkpoint_format": True})
         self.llm.collective_rpc(_repack_tied_lm_head)
@@ -179,12 +195,11 @@ class VLLMEngine:
 
     def sleep(self) -> None:
         """Release the KV cache (and offload or drop weights, per sleep_level) before the update phase."""
-        if self.sleep_enabled and not self.sleeping:
+        if self.lifecycle.begin_sleep() and self.sleep_enabled:
             self.llm.sleep(level=self.sleep_level)
-            self.sleeping, self.weights_awake = True, False
 
     def wake(self) -> None:
         """Bring back whatever sleep() released, before generation."""
-        if self.sleeping:
-            self.llm.wake_up(tags=["kv_cache"] if self.weights_awake else None)
-            self.sleeping, self.weights_awake = False, False
+        previous = self.lifecycle.begin_wake()
+        if previous is not EngineState.AWAKE and self.sleep_enabled:
+            self.llm.wake_up(tags=["kv_cache"] if previous is EngineState.WEIGHTS_ONLY else None)

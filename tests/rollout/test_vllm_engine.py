@@ -33,7 +33,8 @@ def ranks(request, tiny_qwen2_dir, tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp(f"vllm_tp{tensor_parallel_size}")
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING",
            "VLLM_CACHE_ROOT": str(tmp_path_factory.getbasetemp() / "vllm_cache")}
-    run_torchrun(WORKER, [str(tiny_qwen2_dir), str(tensor_parallel_size), str(out_dir)], nproc=2, env=env)
+    run_torchrun(WORKER, [str(tiny_qwen2_dir), str(tensor_parallel_size), str(out_dir)], nproc=2, env=env,
+                 timeout=600)  # start-up dominates; the long-prompt check adds 64 prefills of 400 tokens
     return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(2)]
 
 
@@ -73,6 +74,16 @@ class TestVLLMEngine:
             assert report["stopped"]["token_ids"] == [report["stop_token"]]
             assert report["stopped"]["finish_reason"] == "stop"
             assert len(report["stopped"]["logprobs"]) == 1
+
+    def test_seeded_sampling_survives_prompts_longer_than_the_prefill_chunk(self, ranks):
+        for report in ranks:  # 25,600 prompt tokens in one call: every sample drawn, log-probs still exact
+            assert report["long_lengths"] == [[4] * 8] * 8
+            assert report["long_logprob_max_diff"] <= LOGPROB_TOLERANCE
+
+    def test_generate_on_a_weights_only_engine_raises(self, ranks):
+        for report in ranks:  # after sleep + update_weights: vLLM's scheduler stays paused on a GPU
+            assert report["generate_weights_only"].startswith("VLLMEngine.generate() while the engine is "
+                                                               "weights-only awake")
 
     def test_samples_reproducible_from_the_seed(self, ranks):
         first, other = ranks

