@@ -136,29 +136,33 @@ def answer_reward(response: str, answer: str, verifier: MathVerifier | None = No
     return float(rewards[0])
 
 
-def answer_rewards(responses: list[str], answers: list[str], verifier: MathVerifier | None = None
+def answer_rewards(responses: list[str], answers: list[str | list[str]], verifier: MathVerifier | None = None
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Score N responses against their N reference answers -> rewards (N,) float32 and diagnostics, each
-    (N,) float32: had_think, had_box (as compute_rewards), verify_timeout (the comparison hit the time
-    limit) and verify_error (math-verify failed on it)."""
+    """Score N responses against their N reference answers (a string, or a list of strings any of which is
+    correct) -> rewards (N,) float32 and diagnostics, each (N,) float32: had_think, had_box (as
+    compute_rewards), verify_timeout (a comparison hit the time limit) and verify_error (math-verify failed
+    on one)."""
     if len(responses) != len(answers):
         raise ValueError(f"{len(responses)} responses but {len(answers)} answers")
     verifier = verifier or default_verifier()
     rewards, had_think, had_box, timeouts, errors = [], [], [], [], []
     for response, answer in zip(responses, answers):
         prediction = extract_prediction(response)
-        status = "ok"
-        if prediction is None or not prediction.strip():
-            correct = False
-        elif prediction.strip() == answer.strip():
-            correct = True
-        else:
-            correct, status = verifier.verify(prediction, answer)
+        correct, statuses = False, []
+        if prediction is not None and prediction.strip():
+            for reference in [answer] if isinstance(answer, str) else answer:
+                if prediction.strip() == reference.strip():
+                    correct = True  # identical text needs no verifier
+                else:
+                    correct, status = verifier.verify(prediction, reference)
+                    statuses.append(status)
+                if correct:
+                    break
         rewards.append(float(correct))
         had_think.append(prediction is not None or THINK_END in response)
         had_box.append(prediction is not None)
-        timeouts.append(status == "timeout")
-        errors.append(status == "error")
+        timeouts.append("timeout" in statuses)
+        errors.append("error" in statuses)
     diagnostics = {name: torch.tensor(values, dtype=torch.float32) for name, values in
                    (("had_think", had_think), ("had_box", had_box), ("verify_timeout", timeouts),
                     ("verify_error", errors))}

@@ -84,3 +84,8 @@ def test_diagnostics(verifier):
     assert diagnostics["had_box"].tolist() == [1.0, 0.0, 0.0, 1.0]
     with pytest.raises(ValueError, match="2 responses but 1 answers"):
         answer_rewards(["a", "b"], ["a"], verifier)
+
+
+def test_any_of_several_reference_answers(verifier):
+    rewards, _ = answer_rewards([respond("7"), respond("8"), respond("7")], [["6", "7"], ["6", "7"], "7"], verifier)
+    assert rewards.tolist() == [1.0, 0.0, 1.0]
