@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rpt.data.corpus import BadRecordReport, list_corpus_files, read_records
-from rpt.data.prompts import THINK_OPEN, special_prefix_ids
+from rpt.data.prompts import chat_prompt_ids, special_prefix_ids
 from rpt.data.stream import IndexStream
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -165,12 +165,7 @@ def build_question_prompt_ids(tokenizer, problem: str, chat: bool = True, think_
     text = math_user_message(problem)
     if not chat:
         return special_prefix_ids(tokenizer) + tokenizer.encode(text, add_special_tokens=False)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no chat template: use chat=False")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                         add_generation_prompt=True)
-    text = text.removesuffix(THINK_OPEN) + (THINK_OPEN if think_prefill else "")
-    return tokenizer.encode(text, add_special_tokens=False)  # the chat template spells out its BOS
+    return chat_prompt_ids(tokenizer, text, think_prefill)
 
 
 class QuestionStream:
