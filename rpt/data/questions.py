@@ -168,6 +168,17 @@ def build_question_prompt_ids(tokenizer, problem: str, chat: bool = True, think_
     return chat_prompt_ids(tokenizer, text, think_prefill)
 
 
+def drop_long_questions(questions: list[Question], tokenizer, max_prompt_tokens: int, chat: bool = True,
+                        think_prefill: bool = True) -> tuple[list[Question], list[Question]]:
+    """-> (questions whose prompt fits in max_prompt_tokens, the others). A question is never cut: a cut
+    problem is another problem. Every rank computes the same split, so the stream stays in lockstep."""
+    kept, dropped = [], []
+    for question in questions:
+        fits = len(build_question_prompt_ids(tokenizer, question.problem, chat, think_prefill)) <= max_prompt_tokens
+        (kept if fits else dropped).append(question)
+    return kept, dropped
+
+
 class QuestionStream:
     """Epochs over a question list, rank-sharded and resumable (stream.IndexStream): RLVR's data."""
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rpt.data.questions import (MATH_INSTRUCTION, SKYWORK_OR1_FIELDS, QuestionStream, build_question_prompt_ids,
-                                load_questions, read_questions)
+                                drop_long_questions, load_questions, read_questions)
 from rpt.data.corpus import BadRecordReport
 
 
@@ -94,3 +94,12 @@ def test_question_stream_shards_epochs_and_resumes(tmp_path):
     resumed = QuestionStream(questions, seed=3)  # a 2-rank checkpoint resumed in one process
     resumed.load_state_dict(ranks[0].state_dict())
     assert [q.question_id for q in resumed.next_batch(6)] == walk[4:10]
+
+
+def test_long_questions_are_dropped_whole(shared_data, r1_tokenizer):
+    questions, _ = load_questions(shared_data / "math500" / "test.jsonl", max_questions=20)
+    lengths = [len(build_question_prompt_ids(r1_tokenizer, q.problem)) for q in questions]
+    limit = sorted(lengths)[10]
+    kept, dropped = drop_long_questions(questions, r1_tokenizer, limit)
+    assert [q.question_id for q in kept] == [q.question_id for q, n in zip(questions, lengths) if n <= limit]
+    assert len(kept) + len(dropped) == 20 and len(kept) >= 11
