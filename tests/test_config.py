@@ -135,15 +135,18 @@ def test_check_paths_names_the_missing_path(stories_dir, tiny_data_dir, tmp_path
 def test_downstream_presets_and_their_checks():
     """Issue 15's presets load; the NTP and RLVR fields are validated with errors naming them."""
     ntp = load_config(str(REPO / "launch/configs/ntp_14b.yaml"), ["--model.path=m", "--data.path=d"])
-    assert (ntp.train.objective, ntp.train.steps, ntp.train.batch_size, ntp.data.window_tokens) == ("ntp", 800, 256, 4096)
+    assert (ntp.train.objective, ntp.train.steps, ntp.train.batch_size, ntp.data.window_tokens) == (
+        "ntp", 800, 256, 4096)
     rlvr = load_config(str(REPO / "launch/configs/rlvr_14b.yaml"), ["--model.path=m", "--data.questions=q.parquet"])
+    epochs = rlvr.train.steps * rlvr.train.batch_size // rlvr.data.max_questions
     assert (rlvr.reward.kind, rlvr.train.batch_size, rlvr.train.mini_batch_size, rlvr.data.max_questions,
-            rlvr.train.steps * rlvr.train.batch_size // rlvr.data.max_questions) == ("answer", 64, 64, 256, 15)  # epochs
+            epochs) == ("answer", 64, 64, 256, 15)
     assert load_config(str(REPO / "launch/configs/ntp_tiny.yaml")).train.objective == "ntp"
     assert load_config(str(REPO / "launch/configs/rlvr_tiny.yaml")).data.questions.endswith("math500/test.jsonl")
     checks = [
         (["--model.path=m", "--reward.kind=answer"], "needs data.questions"),
-        (["--model.path=m", "--reward.kind=answer", "--data.questions=q", "--reward.extraction=raw"], "extraction=boxed"),
+        (["--model.path=m", "--reward.kind=answer", "--data.questions=q", "--reward.extraction=raw"],
+         "extraction=boxed"),
         (["--model.path=m", "--reward.kind=answer", "--data.questions=q", "--reward.verify_timeout_s=0"],
          "verify_timeout_s must be > 0"),
         (["--model.path=m", "--data.path=d", "--data.questions=q"], "only with reward.kind=answer"),

@@ -70,7 +70,8 @@ def _parse(record, schema: dict, question_id: int, source: str) -> tuple[str | N
         return "bad_answer", f"{schema['letter']}={letter!r}", None
     index = LETTERS.index(letter.strip())
     if schema["index"] and record[schema["index"]] != index:
-        return "inconsistent_answer", f"{schema['letter']}={letter!r}, {schema['index']}={record[schema['index']]!r}", None
+        detail = f"{schema['letter']}={letter!r}, {schema['index']}={record[schema['index']]!r}"
+        return "inconsistent_answer", detail, None
     if schema["text"] and record[schema["text"]] != options[index]:
         return "inconsistent_answer", f"{schema['letter']}={letter!r} is not {schema['text']}", None
     return None, "", ChoiceQuestion(question_id, question, options, index, category, source)

@@ -35,7 +35,8 @@ def test_parquet(tmp_path):
 def test_bad_records(tmp_path):
     good = {"question": "q", "options": ["a", "b"], "answer": "A", "answer_index": 0, "category": "c"}
     rows = [good, {**good, "answer": "C"}, {**good, "answer_index": 1}, {**good, "options": ["a"]},
-            {**good, "options": ["a", 2]}, {k: v for k, v in good.items() if k != "category"}, {**good, "question": " "}]
+            {**good, "options": ["a", 2]}, {k: v for k, v in good.items() if k != "category"},
+            {**good, "question": " "}]
     path = tmp_path / "bad.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     report = BadRecordReport()
