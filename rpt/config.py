@@ -327,6 +327,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.questions is read only with reward.kind=answer")
     if not (cfg.data.question_field and cfg.data.answer_field) or cfg.data.max_questions < 0:
         raise ConfigError("data.question_field and data.answer_field must be set, data.max_questions >= 0")
+    if cfg.logging.eval_every and not cfg.data.path:
+        raise ConfigError("logging.eval_every needs data.path (its held-out splits are what is evaluated)")
+    if cfg.train.objective == "ntp" and cfg.logging.eval_every and cfg.logging.eval_mode != "standard":
+        raise ConfigError("train.objective=ntp has no rollout engine: logging.eval_mode must be standard")
     if cfg.train.objective == "ntp":
         if not 1 <= cfg.data.window_tokens <= cfg.train.micro_batch_tokens:
             raise ConfigError("data.window_tokens must be >= 1 and <= train.micro_batch_tokens (a window is "

@@ -10,7 +10,7 @@ import torch
 
 from rpt.data.prompts import special_prefix_ids
 from rpt.data.windows import WindowStream
-from rpt.grpo.logprobs import PolicyLogprobs
+from rpt.policy import PolicyLogprobs
 from rpt.model import load_model
 from rpt.ntp import ntp_eval_loss
 from tests.conftest import run_torchrun
@@ -74,7 +74,7 @@ def test_cross_entropy_matches_a_plain_forward(stories_data, stories_dir, storie
         losses = [torch.nn.functional.cross_entropy(model(torch.tensor([w[:-1]])).logits[0], torch.tensor(w[1:]),
                                                     reduction="sum") for w in windows]
     expected = float(sum(losses)) / sum(len(w) - 1 for w in windows)
-    loss = ntp_eval_loss(PolicyLogprobs(model), windows, micro_batch_tokens=60, row_capacity=0, chunk_size=7,
+    loss = ntp_eval_loss(PolicyLogprobs(model), windows, micro_batch_tokens=60, packed_rows=False, chunk_size=7,
                          device="cpu")
     assert loss == pytest.approx(expected, rel=1e-5)
 

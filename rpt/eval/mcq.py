@@ -25,10 +25,11 @@ import torch
 
 from rpt.data.mcq import LETTERS, ChoiceQuestion, reasoning_prompt_ids, standard_prompt_ids
 from rpt.dist import all_reduce
-from rpt.eval.accuracy import data_parallel_layout, response_text, shard_evenly
+from rpt.eval.accuracy import data_parallel_layout, shard_evenly
 from rpt.reward.extract import THINK_END, extract_prediction
 from rpt.reward.tokens import first_token_id, token_bytes
 from rpt.rollout.engine import Engine, SamplingParams
+from rpt.rollout.groups import response_text
 
 MODES = ("standard", "reasoning")
 # a box holding a letter, optionally in \text{}/\mathrm{}/parentheses, optionally followed by its option text

@@ -115,22 +115,21 @@ class MathVerifier:
             self._kill()
 
 
-_default_verifier: MathVerifier | None = None
-_default_lock = threading.Lock()
+_shared_verifiers: dict[float, MathVerifier] = {}
+_shared_lock = threading.Lock()
 
 
-def default_verifier() -> MathVerifier:
-    """This process's shared verifier (5 s per call), started on first use."""
-    global _default_verifier
-    with _default_lock:
-        if _default_verifier is None:
-            _default_verifier = MathVerifier()
-        return _default_verifier
+def shared_verifier(timeout_s: float = 5.0) -> MathVerifier:
+    """This process's verifier with that time limit, started on first use and reused."""
+    with _shared_lock:
+        if timeout_s not in _shared_verifiers:
+            _shared_verifiers[timeout_s] = MathVerifier(timeout_s)
+        return _shared_verifiers[timeout_s]
 
 
 def answer_reward(response: str, answer: str, verifier: MathVerifier | None = None) -> float:
     r"""1.0 iff the last `\boxed{}` after the last `</think>` of `response` is equal to `answer` by
-    math-verify within the verifier's time limit (this process's shared verifier by default), else 0.0.
+    math-verify within the verifier's time limit (this process's shared 5 s verifier by default), else 0.0.
     Never raises on response content."""
     rewards, _ = answer_rewards([response], [answer], verifier)
     return float(rewards[0])
@@ -144,7 +143,7 @@ def answer_rewards(responses: list[str], answers: list[str | list[str]], verifie
     on one)."""
     if len(responses) != len(answers):
         raise ValueError(f"{len(responses)} responses but {len(answers)} answers")
-    verifier = verifier or default_verifier()
+    verifier = verifier or shared_verifier()
     rewards, had_think, had_box, timeouts, errors = [], [], [], [], []
     for response, answer in zip(responses, answers):
         prediction = extract_prediction(response)

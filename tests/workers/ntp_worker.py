@@ -18,7 +18,7 @@ from rpt.model import load_tokenizer
 from rpt.ntp import ntp_eval_loss, ntp_update
 
 WINDOW_TOKENS, GLOBAL_BATCH, LR = 32, 4, 1e-3
-PACKING = {"micro_batch_tokens": 70, "row_capacity": 0, "chunk_size": 16}  # 2+ micro-batches per rank
+PACKING = {"micro_batch_tokens": 70, "packed_rows": False, "chunk_size": 16}  # 2+ micro-batches per rank
 
 
 def run(model_dir, data_dir, steps: int, device=torch.device("cpu")) -> dict:
