@@ -331,6 +331,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("logging.eval_every needs data.path (its held-out splits are what is evaluated)")
     if cfg.train.objective == "ntp" and cfg.logging.eval_every and cfg.logging.eval_mode != "standard":
         raise ConfigError("train.objective=ntp has no rollout engine: logging.eval_mode must be standard")
+    if cfg.train.objective == "ntp" and cfg.grpo.kl_coef > 0:
+        raise ConfigError("grpo.kl_coef is a GRPO term: train.objective=ntp needs it at 0")
     if cfg.train.objective == "ntp":
         if not 1 <= cfg.data.window_tokens <= cfg.train.micro_batch_tokens:
             raise ConfigError("data.window_tokens must be >= 1 and <= train.micro_batch_tokens (a window is "

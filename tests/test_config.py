@@ -155,6 +155,11 @@ def test_downstream_presets_and_their_checks():
         (["--model.path=m", "--data.path=d", "--train.objective=ntp", "--train.mini_batch_size=128"],
          "one optimizer step per batch"),
         (["--model.path=m", "--data.path=d", "--train.objective=bert"], "train.objective"),
+        (["--model.path=m", "--data.path=d", "--train.objective=ntp", "--grpo.kl_coef=0.1"], "needs it at 0"),
+        (["--model.path=m", "--data.path=d", "--train.objective=ntp", "--logging.eval_every=2",
+          "--logging.eval_mode=reasoning"], "eval_mode must be standard"),
+        (["--model.path=m", "--reward.kind=answer", "--data.questions=q", "--logging.eval_every=2"],
+         "eval_every needs data.path"),
     ]
     for overrides, message in checks:
         with pytest.raises(ConfigError, match=message):
