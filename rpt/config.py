@@ -356,6 +356,10 @@ def check_paths(cfg: Config) -> None:
                           f"({'no config.json in it' if model.is_dir() else 'no such directory'})")
     if cfg.model.tokenizer_path and not Path(cfg.model.tokenizer_path).is_dir():
         raise ConfigError(f"model.tokenizer_path: no such directory '{cfg.model.tokenizer_path}'")
+    if cfg.data.questions and not Path(cfg.data.questions).exists():
+        raise ConfigError(f"data.questions: no such file or directory '{cfg.data.questions}'")
+    if not cfg.data.path and cfg.reward.kind == "answer":
+        return  # RLVR reads its questions, not a prepared-data directory
     data = Path(cfg.data.path)
     if not (data / "manifest.json").is_file():
         raise ConfigError(f"data.path: '{data}' is not a finished prepared-data directory (no manifest.json; "
