@@ -24,6 +24,8 @@ setup(
         "pyarrow>=15",  # parquet corpora and sample shards
         "scipy>=1.11",  # scaling-law fit
         "matplotlib>=3.8",  # scaling-law plot
+        # RLVR answer reward; the extra pins the ANTLR runtime its LaTeX parser was generated with
+        "math-verify[antlr4_13_2]==0.9.0",
     ],
     extras_require={
         "vllm": ["vllm==0.32.0"],  # CUDA

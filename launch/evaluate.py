@@ -1,5 +1,5 @@
 """Evaluation after (or between) training runs: Table 1, Figure 5 and Figure 6 for your own model
-(PAPER.md section 6). Four subcommands:
+(PAPER.md section 6), and the downstream evaluations of Tables 2-3. Six subcommands:
 
 accuracy  next-token accuracy on the easy/medium/hard splits of a prepared data directory, standard mode
           (argmax of one forward pass) and/or next-token reasoning (sampled through the rollout engine,
@@ -22,6 +22,18 @@ patterns  share of responses with each reasoning-pattern group of Table 9 in a j
     python launch/evaluate.py patterns runs/eval_base/reasoning_responses.jsonl \\
         runs/eval_rpt/reasoning_responses.jsonl --names R1-Distill RPT --out patterns.json
     python launch/evaluate.py patterns runs/rpt/samples.jsonl --field responses   # the trainer's dumps
+math      accuracy (mean reward over --num-samples responses per question) and pass@k on a question file
+          (Table 2's column), answers verified by math-verify; the paper: temperature 0.6, 32,000 tokens
+    python launch/evaluate.py math --config launch/configs/rlvr_tiny.yaml --model.path=runs/rlvr_tiny/hf \
+        --max-questions 16 --num-samples 4 --pass-k 1 4 --max-tokens 64 --out runs/eval_math_tiny
+    torchrun --nproc_per_node=8 launch/evaluate.py math --config launch/configs/rlvr_14b.yaml \
+        --model.path=runs/rlvr_14b/hf --questions skywork_or1_test200.parquet --num-samples 8 --out runs/eval_math
+mcq       zero-shot multiple choice (Table 3; per category, Appendix C) on an MMLU-Pro or SuperGPQA file:
+          standard (option letter with the highest next-token probability after "Answer:") and/or reasoning
+          (sampled, the letter read from the last box after </think>); the paper: temperature 0.8, 12,288 tokens
+    torchrun --nproc_per_node=8 launch/evaluate.py mcq --config launch/configs/rpt_14b.yaml --model.path=DIR \
+        --data.path=DIR --file mmlu_pro_test.parquet --schema mmlu_pro --mode standard reasoning \
+        --max-per-category 200 --out runs/eval_mmlu_pro
 """
 import argparse
 import json
@@ -224,6 +236,102 @@ def at_least(minimum: int):
     return parse
 
 
+def _downstream_setup(args, overrides: list[str], max_response_tokens: int):
+    """Config (with the evaluation's response budget), ranks, tokenizer, and the output directory."""
+    from rpt.config import ConfigError, load_config
+    from rpt.dist import init_distributed
+    from rpt.model import load_tokenizer
+
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as error:
+        raise SystemExit(f"config error: {error}") from None
+    cfg.rollout.sleep_level = 0  # evaluation never trains: the engine keeps its memory
+    cfg.rollout.max_response_tokens = max_response_tokens  # sizes the vLLM context: prompt + response
+    rank, world_size, device = init_distributed()
+    tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path)
+    out_dir = Path(args.out) if args.out else None
+    if out_dir and rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    return cfg, rank, world_size, device, tokenizer, out_dir
+
+
+def _gather(records: list[dict], world_size: int) -> list[dict]:
+    import torch.distributed as dist
+
+    if world_size == 1:
+        return records
+    gathered = [None] * world_size
+    dist.all_gather_object(gathered, records)
+    return [record for rank_records in gathered for record in rank_records]
+
+
+def run_math(args, overrides: list[str]) -> None:
+    from rpt.data.questions import drop_long_questions, load_questions
+    from rpt.dist import print0
+    from rpt.eval.math import evaluate_math
+    from rpt.train import build_engine
+
+    cfg, rank, world_size, device, tokenizer, out_dir = _downstream_setup(args, overrides, args.max_tokens)
+    path = args.questions or cfg.data.questions
+    if not path:
+        raise SystemExit("math needs --questions or data.questions in the config")
+    fields = {"problem": cfg.data.question_field, "answer": cfg.data.answer_field}
+    questions, report = load_questions(path, fields, max_questions=args.max_questions)
+    questions, dropped = drop_long_questions(questions, tokenizer, cfg.data.max_prompt_tokens, cfg.data.chat,
+                                             cfg.data.think_prefill)
+    print0(f"{len(questions)} questions from {path} ({report.num_bad} bad records skipped, {len(dropped)} over "
+           f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} dropped)")
+    engine = build_engine(cfg, tokenizer, device)
+    result, records = evaluate_math(
+        tokenizer, engine, questions, num_samples=args.num_samples, pass_k=tuple(args.pass_k),
+        temperature=args.temperature, top_p=cfg.rollout.top_p, max_tokens=args.max_tokens, seed=cfg.train.seed,
+        chat=cfg.data.chat, think_prefill=cfg.data.think_prefill, batch_size=args.batch_size,
+        verify_timeout_s=cfg.reward.verify_timeout_s)
+    records = _gather(records, world_size)
+    name = args.name or Path(cfg.model.path).resolve().name
+    print0(f"{name}: accuracy {100 * result['acc']:.1f} (mean over {args.num_samples} samples of "
+           f"{result['num_questions']} questions)" + "".join(f" | pass@{k} {100 * result[f'pass@{k}']:.1f}"
+                                                             for k in args.pass_k)
+           + f" | verify timeouts {result['verify_timeouts']}")
+    if out_dir and rank == 0:
+        settings = {key: value for key, value in vars(args).items() if key != "func"}
+        (out_dir / "math.json").write_text(json.dumps({"name": name, "model": str(cfg.model.path), "questions": path,
+                                                       "settings": settings, "overrides": overrides, **result,
+                                                       "records": records}, indent=1))
+        print0(f"wrote {out_dir / 'math.json'}")
+
+
+def run_mcq(args, overrides: list[str]) -> None:
+    from rpt.data.mcq import load_choice_questions
+    from rpt.dist import print0
+    from rpt.eval.mcq import evaluate_choice, format_choice_table, write_choice_results
+    from rpt.model import load_model
+    from rpt.train import build_engine
+
+    cfg, rank, world_size, device, tokenizer, out_dir = _downstream_setup(args, overrides, args.max_tokens)
+    questions, report = load_choice_questions(args.file, args.schema, max_per_category=args.max_per_category)
+    print0(f"{len(questions)} questions from {args.file} ({report.num_bad} bad records skipped)")
+    model = None
+    if "standard" in args.mode:
+        model = load_model(cfg.model.path, dtype=cfg.model.param_dtype if device.type == "cuda" else "float32",
+                           attn_implementation=cfg.model.attn_implementation, device=device)
+    engine = build_engine(cfg, tokenizer, device) if "reasoning" in args.mode else None
+    name = args.name or Path(cfg.model.path).resolve().name
+    rows, categories = [], sorted({q.category for q in questions})
+    for mode in args.mode:
+        result, records = evaluate_choice(
+            model, tokenizer, engine, questions, mode, batch_size=args.batch_size, num_samples=args.num_samples,
+            temperature=args.temperature, top_p=cfg.rollout.top_p, max_tokens=args.max_tokens, seed=cfg.train.seed,
+            chat=cfg.data.chat, think_prefill=cfg.data.think_prefill)
+        records = _gather(records, world_size)
+        rows.append((mode, name, {**{c: result["categories"][c]["acc"] for c in categories},
+                                  "Overall": result["overall"]}))
+        if out_dir and rank == 0:
+            write_choice_results(out_dir / f"{args.schema}_{mode}.json", args.schema, mode, name, result, records)
+    print0(format_choice_table(rows, categories + ["Overall"]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -267,13 +375,44 @@ def build_parser() -> argparse.ArgumentParser:
     patterns.add_argument("--names", nargs="+", help="column names (default: file names)")
     patterns.add_argument("--out", default="", help="write the shares as json here")
     patterns.set_defaults(func=run_patterns)
+
+    math = commands.add_parser(
+        "math", help="math accuracy and pass@k on a question file (Table 2)",
+        description="Model, prompt and reward settings come from --config and --section.key=value overrides.")
+    math.add_argument("--config", required=True, help="a preset (e.g. rlvr_14b.yaml) or a run's config.yaml")
+    math.add_argument("--questions", default="", help="question file or directory (default: data.questions)")
+    math.add_argument("--max-questions", type=int, default=0, help="the first N questions (0: all)")
+    math.add_argument("--num-samples", type=int, default=1, help="responses per question (accuracy = their mean)")
+    math.add_argument("--pass-k", type=int, nargs="*", default=[], help="pass@k for these k <= num-samples")
+    math.add_argument("--temperature", type=float, default=0.6, help="the paper's: 0.6")
+    math.add_argument("--max-tokens", type=int, default=32000, help="response budget; the paper's: 32,000")
+    math.add_argument("--batch-size", type=int, default=16, help="questions per generate call")
+    math.add_argument("--name", default="", help="row name (default: the model directory)")
+    math.add_argument("--out", default="", help="directory for math.json (results and every response)")
+    math.set_defaults(func=run_math)
+
+    mcq = commands.add_parser(
+        "mcq", help="zero-shot multiple choice, overall and per category (Table 3, Appendix C)",
+        description="Model and prompt settings come from --config and --section.key=value overrides.")
+    mcq.add_argument("--config", required=True, help="a preset or a run's config.yaml")
+    mcq.add_argument("--file", required=True, help="MMLU-Pro or SuperGPQA .jsonl/.parquet file or directory")
+    mcq.add_argument("--schema", choices=["mmlu_pro", "supergpqa"], required=True)
+    mcq.add_argument("--mode", nargs="+", choices=["standard", "reasoning"], default=["standard"])
+    mcq.add_argument("--max-per-category", type=int, default=0, help="the first N of each category (paper: 200)")
+    mcq.add_argument("--num-samples", type=int, default=1, help="reasoning: responses per question")
+    mcq.add_argument("--temperature", type=float, default=0.8, help="reasoning; the paper's: 0.8")
+    mcq.add_argument("--max-tokens", type=int, default=12288, help="reasoning; the paper's: 12,288")
+    mcq.add_argument("--batch-size", type=int, default=8, help="questions per forward / generate call")
+    mcq.add_argument("--name", default="", help="row name (default: the model directory)")
+    mcq.add_argument("--out", default="", help="directory for <schema>_<mode>.json")
+    mcq.set_defaults(func=run_mcq)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args, overrides = build_parser().parse_known_args(argv)
-    if args.command == "accuracy":
-        return run_accuracy(args, overrides)  # the unknown arguments are --section.key=value overrides
+    if args.command in ("accuracy", "math", "mcq"):  # the unknown arguments are --section.key=value overrides
+        return args.func(args, overrides)
     if overrides:
         raise SystemExit(f"unrecognized arguments: {' '.join(overrides)}")
     if args.command == "patterns" and len(args.files) > 2:

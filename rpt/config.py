@@ -41,6 +41,14 @@ class DataConfig:
     response_prefill: str = ""  # text the response starts with, e.g. "</think>\n\\boxed{" for tiny models
     max_prompt_tokens: int = 4096
     shuffle: bool = True
+    # RLVR (reward.kind=answer): a .jsonl/.parquet question file or directory, and the fields read from it
+    # (dotted for nested ones: Skywork-OR1 uses prompt / reward_model.ground_truth), rpt/data/questions.py
+    questions: str = ""
+    question_field: str = "problem"
+    answer_field: str = "answer"
+    max_questions: int = 0  # > 0: the first that many questions (the paper trains on 256)
+    # continual NTP (train.objective=ntp): target tokens per window of a train document (rpt/data/windows.py)
+    window_tokens: int = 4096
 
 
 @dataclass
@@ -60,9 +68,11 @@ class RolloutConfig:
 
 @dataclass
 class RewardConfig:
-    kind: Literal["prefix_match", "first_token", "dense", "conditional_dense"] = "prefix_match"
+    # answer: RLVR, the final boxed answer verified against the question's reference by math-verify
+    kind: Literal["prefix_match", "first_token", "dense", "conditional_dense", "answer"] = "prefix_match"
     extraction: Literal["boxed", "raw"] = "boxed"  # raw: the generated text itself is the prediction
     penalty: float = 0.0  # conditional_dense: groups with no correct sample get -penalty (Appendix A)
+    verify_timeout_s: float = 5.0  # answer: time limit per math-verify comparison (reward 0, counted)
 
 
 @dataclass
@@ -85,6 +95,9 @@ class GRPOConfig:
 
 @dataclass
 class TrainConfig:
+    # rpt: GRPO on rollouts (RPT with the next-token rewards, RLVR with reward.kind=answer); ntp: cross-entropy
+    # on the data's train documents (Table 2's continual-NTP baseline; rollout, reward and grpo are unused)
+    objective: Literal["rpt", "ntp"] = "rpt"
     output_dir: str = "runs/rpt"
     steps: int = 1000
     batch_size: int = 256  # contexts per step, all ranks together
@@ -300,12 +313,36 @@ def validate(cfg: Config) -> None:
     """Required paths, value ranges and cross-field checks that types alone cannot express."""
     if not cfg.model.path:
         raise ConfigError("model.path is required (a local HF model directory)")
-    if not cfg.data.path:
+    if cfg.reward.kind == "answer":
+        if not cfg.data.questions:
+            raise ConfigError("reward.kind=answer needs data.questions (a question/answer .jsonl/.parquet file)")
+        if cfg.reward.extraction != "boxed" or cfg.train.objective != "rpt":
+            raise ConfigError("reward.kind=answer needs reward.extraction=boxed and train.objective=rpt")
+        if not cfg.reward.verify_timeout_s > 0:
+            raise ConfigError("reward.verify_timeout_s must be > 0")
+    elif not cfg.data.path:
         raise ConfigError("data.path is required (a directory written by launch/prepare_data.py)")
     for key, test, requirement in RANGES:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         _check(test(value), key, value, requirement)
+    if cfg.data.questions and cfg.reward.kind != "answer":
+        raise ConfigError("data.questions is read only with reward.kind=answer")
+    if not (cfg.data.question_field and cfg.data.answer_field) or cfg.data.max_questions < 0:
+        raise ConfigError("data.question_field and data.answer_field must be set, data.max_questions >= 0")
+    if cfg.logging.eval_every and not cfg.data.path:
+        raise ConfigError("logging.eval_every needs data.path (its held-out splits are what is evaluated)")
+    if cfg.train.objective == "ntp" and cfg.logging.eval_every and cfg.logging.eval_mode != "standard":
+        raise ConfigError("train.objective=ntp has no rollout engine: logging.eval_mode must be standard")
+    if cfg.train.objective == "ntp" and cfg.grpo.kl_coef > 0:
+        raise ConfigError("grpo.kl_coef is a GRPO term: train.objective=ntp needs it at 0")
+    if cfg.train.objective == "ntp":
+        if not 1 <= cfg.data.window_tokens <= cfg.train.micro_batch_tokens:
+            raise ConfigError("data.window_tokens must be >= 1 and <= train.micro_batch_tokens (a window is "
+                              "packed whole into one micro-batch)")
+        if cfg.train.mini_batch_size != cfg.train.batch_size:
+            raise ConfigError("train.objective=ntp takes one optimizer step per batch: set train.mini_batch_size "
+                              "equal to train.batch_size (windows per step)")
     if cfg.train.batch_size % cfg.train.mini_batch_size:
         raise ConfigError("train.batch_size must be a positive multiple of train.mini_batch_size")
     if cfg.model.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
@@ -329,6 +366,10 @@ def check_paths(cfg: Config) -> None:
                           f"({'no config.json in it' if model.is_dir() else 'no such directory'})")
     if cfg.model.tokenizer_path and not Path(cfg.model.tokenizer_path).is_dir():
         raise ConfigError(f"model.tokenizer_path: no such directory '{cfg.model.tokenizer_path}'")
+    if cfg.data.questions and not Path(cfg.data.questions).exists():
+        raise ConfigError(f"data.questions: no such file or directory '{cfg.data.questions}'")
+    if not cfg.data.path and cfg.reward.kind == "answer":
+        return  # RLVR reads its questions, not a prepared-data directory
     data = Path(cfg.data.path)
     if not (data / "manifest.json").is_file():
         raise ConfigError(f"data.path: '{data}' is not a finished prepared-data directory (no manifest.json; "

@@ -27,6 +27,9 @@ import torch.distributed as dist
 from rpt.config import Config, save_config, to_dict
 from rpt.data import SampleStream
 from rpt.data.samples_io import check_vocabulary
+from rpt.data.prompts import special_prefix_ids
+from rpt.data.questions import Question, QuestionStream, drop_long_questions, load_questions
+from rpt.data.windows import WindowStream
 from rpt.dist import all_gather_objects, empty_cache, init_distributed, memory_metrics, print0, reduce_metrics, \
     seed_everything
 from rpt.fsdp import build_policy, export_hf, iter_full_weights, latest_checkpoint, load_checkpoint, \
@@ -34,6 +37,7 @@ from rpt.fsdp import build_policy, export_hf, iter_full_weights, latest_checkpoi
 from rpt.grpo.advantages import compute_advantages
 from rpt.grpo.sampling import PooledGroupCollector, select_kept
 from rpt.model import DTYPES, load_model, load_tokenizer
+from rpt.ntp import ntp_eval_loss, ntp_update
 from rpt.plan import GIB, plan_memory, read_model_shape, summary_line
 from rpt.rollout.engine import Engine, SamplingParams
 from rpt.rollout.groups import FirstTokenLogprobs, Group, PromptSettings, RewardSettings, generate_groups, \
@@ -51,7 +55,8 @@ def prompt_settings(cfg: Config) -> PromptSettings:
 
 
 def reward_settings(cfg: Config) -> RewardSettings:
-    return RewardSettings(kind=cfg.reward.kind, extraction=cfg.reward.extraction, penalty=cfg.reward.penalty)
+    return RewardSettings(kind=cfg.reward.kind, extraction=cfg.reward.extraction, penalty=cfg.reward.penalty,
+                          verify_timeout_s=cfg.reward.verify_timeout_s)
 
 
 def sampling_params(cfg: Config, n: int | None = None) -> SamplingParams:
@@ -95,6 +100,42 @@ def build_engine(cfg: Config, tokenizer, device: torch.device) -> Engine:
     )
 
 
+def build_stream(cfg: Config, tokenizer, dp_rank: int, dp_size: int):
+    """This rank's data: next-token samples (RPT), questions (RLVR, reward.kind=answer; epochs over the set)
+    or document windows (train.objective=ntp). All three share next_batch / state_dict / load_state_dict."""
+    if cfg.train.objective == "ntp":
+        return WindowStream(cfg.data.path, cfg.data.window_tokens, special_prefix_ids(tokenizer), rank=dp_rank,
+                            world_size=dp_size, seed=cfg.train.seed, shuffle=cfg.data.shuffle)
+    if cfg.reward.kind == "answer":
+        fields = {"problem": cfg.data.question_field, "answer": cfg.data.answer_field}
+        questions, report = load_questions(cfg.data.questions, fields, max_questions=cfg.data.max_questions)
+        questions, dropped = drop_long_questions(questions, tokenizer, cfg.data.max_prompt_tokens, cfg.data.chat,
+                                                 cfg.data.think_prefill)
+        print0(f"{len(questions)} questions from {cfg.data.questions} ({report.num_bad} bad records skipped, "
+               f"{len(dropped)} over data.max_prompt_tokens dropped)")
+        if not questions:
+            raise ValueError(f"no question of {cfg.data.questions} fits data.max_prompt_tokens")
+        return QuestionStream(questions, rank=dp_rank, world_size=dp_size, seed=cfg.train.seed,
+                              shuffle=cfg.data.shuffle)
+    return SampleStream(cfg.data.path, split=cfg.data.split, rank=dp_rank, world_size=dp_size,
+                        seed=cfg.train.seed, shuffle=cfg.data.shuffle)
+
+
+def ntp_step(policy, optimizer, scheduler, windows: list[list[int]], settings: UpdateSettings, device,
+             world_size: int) -> dict[str, float]:
+    """Table 2's continual-NTP baseline: one cross-entropy step on this rank's windows (rpt.ntp), with the
+    update's packing, chunking and gradient clip."""
+    start = time.perf_counter()
+    lr = scheduler.get_last_lr()[0]
+    update = ntp_update(policy, optimizer, windows, micro_batch_tokens=settings.micro_batch_tokens,
+                        packed_rows=settings.packed_rows, chunk_size=settings.logprob_chunk_size,
+                        grad_clip=settings.grad_clip, device=device, world_size=world_size)
+    scheduler.step()
+    return {"train/loss": update["loss"], "train/grad_norm": update["grad_norm"], "train/tokens": update["tokens"],
+            "train/lr": lr, "perf/time_update": time.perf_counter() - start,
+            "skipped_updates": update["skipped_updates"]}
+
+
 # --- rollouts ------------------------------------------------------------------------------------------------
 
 def collect_rollouts(engine: Engine, tokenizer, stream: SampleStream, collector: PooledGroupCollector,
@@ -111,7 +152,8 @@ def collect_rollouts(engine: Engine, tokenizer, stream: SampleStream, collector:
     same inputs and takes the same decisions (stop, trim, error at the cap) without a further collective.
     -> stats of this rank's generation: time, and sums over every generated sample (on TP-group leaders
     only, so summing them over ranks counts each sample once)."""
-    stats = {"generate": 0.0, "reward": 0.0, "all_reward_sum": 0.0, "all_samples": 0, "all_tokens": 0}
+    stats = {"generate": 0.0, "reward": 0.0, "all_reward_sum": 0.0, "all_samples": 0, "all_tokens": 0,
+             "verify_timeouts": 0.0}
     counts = float(dist.get_rank() % tensor_parallel_size == 0) if dist.is_initialized() else 1.0
     round_index = 0
     while not collector.done:
@@ -127,6 +169,8 @@ def collect_rollouts(engine: Engine, tokenizer, stream: SampleStream, collector:
         stats["all_reward_sum"] += counts * rewards.sum().item()
         stats["all_samples"] += counts * rewards.numel()
         stats["all_tokens"] += counts * sum(len(c.token_ids) for group in groups for c in group.completions)
+        stats["verify_timeouts"] += counts * sum(float(group.diagnostics["verify_timeout"].sum()) for group in groups
+                                                 if "verify_timeout" in group.diagnostics)  # the answer reward's
         kept = select_kept(groups, rewards, collector.step, collector.start_step)
         kept_by_dp_rank = all_gather_objects(kept)[::tensor_parallel_size]  # one entry per TP group
         collector.add_round(kept_by_dp_rank, [len(groups)] * len(kept_by_dp_rank))
@@ -138,7 +182,7 @@ def collect_rollouts(engine: Engine, tokenizer, stream: SampleStream, collector:
 
 def train(cfg: Config) -> list[dict]:
     rank, world_size, device = init_distributed(cfg.train.dist_timeout_minutes)
-    tp = cfg.rollout.tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
+    tp = cfg.rollout.tensor_parallel_size if cfg.rollout.engine == "vllm" and cfg.train.objective == "rpt" else 1
     dp_rank, dp_size = rank // tp, world_size // tp
     n_minibatches = cfg.train.batch_size // cfg.train.mini_batch_size
     if cfg.train.batch_size % (world_size * n_minibatches):
@@ -149,7 +193,8 @@ def train(cfg: Config) -> list[dict]:
     # before anything loads or is written: the data's token ids are this tokenizer's, a resume keeps what
     # defines the run (rpt/run_dir.py), and this job owns the run directory
     tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path)
-    check_vocabulary(cfg.data.path, tokenizer)
+    if cfg.data.path:  # RLVR reads questions as text, not prepared token ids
+        check_vocabulary(cfg.data.path, tokenizer)
     resume = latest_checkpoint(out_dir / "checkpoints") if cfg.train.resume == "auto" else \
         (Path(cfg.train.resume) if cfg.train.resume else None)
     saved = saved_run_config(resume, out_dir) if resume is not None else None
@@ -174,8 +219,7 @@ def train(cfg: Config) -> list[dict]:
                                   weight_decay=cfg.train.weight_decay)
     warmup = cfg.train.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    stream = SampleStream(cfg.data.path, split=cfg.data.split, rank=dp_rank, world_size=dp_size,
-                          seed=cfg.train.seed, shuffle=cfg.data.shuffle)
+    stream = build_stream(cfg, tokenizer, dp_rank, dp_size)
 
     start_step, totals = 0, {"skipped_updates": 0, "train_compute": 0.0}
     if resume is not None:
@@ -195,9 +239,10 @@ def train(cfg: Config) -> list[dict]:
         return sequence_logprobs(policy, contexts, targets, device, 1.0, cfg.train.micro_batch_tokens,
                                  update_cfg.packed_rows, cfg.grpo.logprob_chunk_size)
 
-    engine = build_engine(cfg, tokenizer, device)
+    engine = build_engine(cfg, tokenizer, device) if cfg.train.objective == "rpt" else None  # NTP: no rollouts
     sync_dtype = DTYPES[engine_dtype(cfg, device)]
-    engine.update_weights(iter_full_weights(policy, sync_dtype))
+    if engine is not None:
+        engine.update_weights(iter_full_weights(policy, sync_dtype))
     writer = None
     if rank == 0 and cfg.logging.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
@@ -221,8 +266,45 @@ def train(cfg: Config) -> list[dict]:
         engine.wake()
 
     history = []
+
+    def finish_step(step: int, metrics: dict, groups: list[Group], rewards: torch.Tensor | None) -> None:
+        """Evaluate, log and checkpoint: the same for every objective."""
+        # evaluate on the held-out splits (rpt.eval), every rank its share
+        if cfg.logging.eval_every and (step + 1) % cfg.logging.eval_every == 0:
+            if engine is not None:  # reasoning mode generates: the engine wakes first (the next step's wake is
+                wake_engine()  # then a no-op)
+            metrics.update(evaluate_policy(policy, tokenizer, engine, cfg, step + 1))
+            if cfg.train.objective == "ntp":
+                metrics["eval/heldout_loss"] = ntp_eval_loss(
+                    policy, heldout_windows, micro_batch_tokens=cfg.train.micro_batch_tokens,
+                    packed_rows=update_cfg.packed_rows, chunk_size=cfg.grpo.logprob_chunk_size, device=device)
+        history.append({"step": step + 1, **metrics})
+        if rank == 0:
+            log_step(out_dir, writer, step + 1, metrics, cfg)
+            if cfg.logging.samples_every and (step + 1) % cfg.logging.samples_every == 0 and groups:
+                dump_samples(out_dir, step + 1, groups, rewards, tokenizer, cfg.logging.samples_per_dump)
+        # checkpoint
+        if cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps):
+            save_checkpoint(out_dir / "checkpoints", policy, optimizer, scheduler, step + 1,
+                            {"data": stream.state_dict(), "totals": totals}, keep=cfg.train.keep_checkpoints,
+                            run_id=run_id, config=to_dict(cfg))
+
+    if cfg.train.objective == "ntp" and cfg.logging.eval_every:  # held-out documents' windows, this rank's share
+        heldout = WindowStream(cfg.data.path, cfg.data.window_tokens, special_prefix_ids(tokenizer),
+                               doc_split="heldout", shuffle=False)
+        heldout_windows = [heldout.window(i) for i in range(dp_rank, heldout.num_windows, dp_size)]
     for step in range(start_step, cfg.train.steps):
         step_start = time.perf_counter()
+        if cfg.train.objective == "ntp":  # Table 2's baseline: a cross-entropy step instead of rollouts
+            metrics = ntp_step(policy, optimizer, scheduler, stream.next_batch(contexts_per_rank), update_cfg,
+                               device, world_size)
+            totals["skipped_updates"] += metrics.pop("skipped_updates")
+            totals["train_compute"] += 6 * n_params * metrics["train/tokens"]
+            metrics.update({"train/skipped_updates": totals["skipped_updates"],
+                            "perf/train_compute": totals["train_compute"],
+                            "perf/time_step": time.perf_counter() - step_start})
+            finish_step(step, metrics, [], None)
+            continue
         # sample contexts -> generate -> reward (refilled by dynamic sampling)
         wake_engine()
         collector = PooledGroupCollector(cfg.train.batch_size, cfg.grpo.max_generation_rounds,
@@ -304,22 +386,9 @@ def train(cfg: Config) -> list[dict]:
             "perf/train_compute": totals["train_compute"],
             **{key: maxima[key] for key in memory},  # per phase, the rank that used the most / had least free
         }
-        # evaluate the updated policy on the held-out splits (rpt.eval), every rank its share; reasoning mode
-        # generates, so the engine wakes first (the next step's wake is then a no-op)
-        if cfg.logging.eval_every and (step + 1) % cfg.logging.eval_every == 0:
-            wake_engine()
-            metrics.update(evaluate_policy(policy, tokenizer, engine, cfg, step + 1))
-        history.append({"step": step + 1, **metrics})
-        if rank == 0:
-            log_step(out_dir, writer, step + 1, metrics, cfg)
-            if cfg.logging.samples_every and (step + 1) % cfg.logging.samples_every == 0:
-                dump_samples(out_dir, step + 1, groups, rewards, tokenizer, cfg.logging.samples_per_dump)
-
-        # checkpoint
-        if cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps):
-            save_checkpoint(out_dir / "checkpoints", policy, optimizer, scheduler, step + 1,
-                            {"data": stream.state_dict(), "totals": totals}, keep=cfg.train.keep_checkpoints,
-                            run_id=run_id, config=to_dict(cfg))
+        if cfg.reward.kind == "answer":
+            metrics["reward/verify_timeouts"] = reduce_metrics({"n": rollout_stats["verify_timeouts"]})["n"]
+        finish_step(step, metrics, groups, rewards)
 
     if cfg.train.export_hf:
         export_hf(policy, tokenizer, out_dir / "hf")
@@ -347,7 +416,12 @@ def log_step(out_dir: Path, writer, step: int, metrics: dict, cfg: Config) -> No
     if writer is not None:
         for key, value in metrics.items():
             writer.add_scalar(key, value, step)
-    if step % cfg.logging.log_every == 0 or step == cfg.train.steps:
+    if (step % cfg.logging.log_every == 0 or step == cfg.train.steps) and "rollout/reward_mean" not in metrics:
+        print0(f"step {step}/{cfg.train.steps} | ntp loss {metrics['train/loss']:.4f} | gnorm "
+               f"{metrics['train/grad_norm']:.3f} | {metrics['train/tokens']:.0f} tokens | upd "
+               f"{metrics['perf/time_update']:.1f}s" + "".join(f" | {k[5:]} {v:.4f}" for k, v in metrics.items()
+                                                               if k.startswith("eval/")))
+    elif step % cfg.logging.log_every == 0 or step == cfg.train.steps:
         m = metrics
         print0(f"step {step}/{cfg.train.steps} | reward {m['rollout/reward_mean']:.3f} | loss {m['train/loss']:+.2e} "
                f"| gnorm {m['train/grad_norm']:.3f} | kept {m['rollout/kept_group_frac']:.2f} "
@@ -363,9 +437,11 @@ def dump_samples(out_dir: Path, step: int, groups: list[Group], rewards: torch.T
                  limit: int) -> None:
     with open(out_dir / "samples.jsonl", "a") as f:
         for group, group_rewards in list(zip(groups, rewards))[:limit]:
+            item = group.sample
+            source = {"question_id": item.question_id, "answers": item.answers} if isinstance(item, Question) else \
+                {"doc_id": item.doc_id, "position": item.position,
+                 "continuation": tokenizer.decode(item.continuation_ids)}
             f.write(json.dumps({
-                "step": step, "doc_id": group.sample.doc_id, "position": group.sample.position,
-                "prompt": tokenizer.decode(group.prompt_ids),
-                "continuation": tokenizer.decode(group.sample.continuation_ids),
+                "step": step, **source, "prompt": tokenizer.decode(group.prompt_ids),
                 "responses": group.responses, "rewards": group_rewards.tolist(),
             }) + "\n")  # ASCII escapes: a response cut inside a UTF-8 character holds lone surrogates

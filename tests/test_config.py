@@ -148,3 +148,37 @@ def test_flash_attention_without_the_package_is_a_config_error(monkeypatch):
                         else real_find_spec(name, *a))
     cfg = load_config(None, PATHS + ["--model.attn_implementation=flash_attention_2"])  # installed: accepted
     assert cfg.model.attn_implementation == "flash_attention_2"
+
+
+def test_downstream_presets_and_their_checks():
+    """Issue 15's presets load; the NTP and RLVR fields are validated with errors naming them."""
+    ntp = load_config(str(REPO / "launch/configs/ntp_14b.yaml"), ["--model.path=m", "--data.path=d"])
+    assert (ntp.train.objective, ntp.train.steps, ntp.train.batch_size, ntp.data.window_tokens) == (
+        "ntp", 800, 256, 4096)
+    rlvr = load_config(str(REPO / "launch/configs/rlvr_14b.yaml"), ["--model.path=m", "--data.questions=q.parquet"])
+    epochs = rlvr.train.steps * rlvr.train.batch_size // rlvr.data.max_questions
+    assert (rlvr.reward.kind, rlvr.train.batch_size, rlvr.train.mini_batch_size, rlvr.data.max_questions,
+            epochs) == ("answer", 64, 64, 256, 15)
+    assert load_config(str(REPO / "launch/configs/ntp_tiny.yaml")).train.objective == "ntp"
+    assert load_config(str(REPO / "launch/configs/rlvr_tiny.yaml")).data.questions.endswith("math500/test.jsonl")
+    checks = [
+        (["--model.path=m", "--reward.kind=answer"], "needs data.questions"),
+        (["--model.path=m", "--reward.kind=answer", "--data.questions=q", "--reward.extraction=raw"],
+         "extraction=boxed"),
+        (["--model.path=m", "--reward.kind=answer", "--data.questions=q", "--reward.verify_timeout_s=0"],
+         "verify_timeout_s must be > 0"),
+        (["--model.path=m", "--data.path=d", "--data.questions=q"], "only with reward.kind=answer"),
+        (["--model.path=m", "--data.path=d", "--train.objective=ntp", "--data.window_tokens=20000"],
+         "data.window_tokens must be"),
+        (["--model.path=m", "--data.path=d", "--train.objective=ntp", "--train.mini_batch_size=128"],
+         "one optimizer step per batch"),
+        (["--model.path=m", "--data.path=d", "--train.objective=bert"], "train.objective"),
+        (["--model.path=m", "--data.path=d", "--train.objective=ntp", "--grpo.kl_coef=0.1"], "needs it at 0"),
+        (["--model.path=m", "--data.path=d", "--train.objective=ntp", "--logging.eval_every=2",
+          "--logging.eval_mode=reasoning"], "eval_mode must be standard"),
+        (["--model.path=m", "--reward.kind=answer", "--data.questions=q", "--logging.eval_every=2"],
+         "eval_every needs data.path"),
+    ]
+    for overrides, message in checks:
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, overrides)

@@ -196,6 +196,61 @@ def _join_fields(record, fields: tuple[str, ...]) -> tuple[str, str | None, str]
     return "\n\n".join(record[name] for name in fields), None, ""
 
 
+def read_records(path: Path, columns: tuple[str, ...], max_record_bytes: int
+                 ) -> Iterator[tuple[str, object, str | None, str]]:
+    """The raw records of a .jsonl or .parquet file -> (source, record, bad_kind, detail), record None for a
+    bad one. Parquet rows hold only `columns` (top-level names), and a row missing one is `missing_field`;
+    a parquet row larger than max_record_bytes is left to the caller (its size is known only once joined)."""
+    if path.suffix == ".jsonl":
+        yield from _read_jsonl_records(path, max_record_bytes)
+    elif path.suffix == ".parquet":
+        yield from _read_parquet_records(path, columns)
+    else:
+        raise ValueError(f"{path}: records are read from .jsonl or .parquet files, not '{path.suffix}'")
+
+
+def _read_jsonl_records(path: Path, max_record_bytes: int) -> Iterator[tuple[str, object, str | None, str]]:
+    with _open(path) as file:
+        line_number = 0
+        while True:
+            line = file.readline(max_record_bytes + 2)
+            if not line:
+                return
+            line_number += 1
+            source = f"{path}:{line_number}"
+            if len(line.rstrip(b"\n")) > max_record_bytes:
+                while line and not line.endswith(b"\n"):  # skip the rest of the oversize line unread
+                    line = file.readline(1 << 20)
+                yield source, None, "oversize", f"> {max_record_bytes} bytes"
+                continue
+            if not line.strip():
+                continue  # blank lines between records are not records
+            try:
+                decoded = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield source, None, "invalid_utf8", f"byte {error.start}"
+                continue
+            try:
+                record = json.loads(decoded)
+            except json.JSONDecodeError as error:
+                yield source, None, "invalid_json", error.msg
+                continue
+            yield source, record, None, ""
+
+
+def _read_parquet_records(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[str, object, str | None, str]]:
+    parquet_file = pq.ParquetFile(path)
+    missing = [name for name in columns if name not in parquet_file.schema_arrow.names]
+    row_number = 0
+    for batch in parquet_file.iter_batches(batch_size=1024, columns=[c for c in columns if c not in missing]):
+        for record in batch.to_pylist():
+            row_number += 1
+            if missing:
+                yield f"{path}:{row_number}", None, "missing_field", ",".join(missing)
+            else:
+                yield f"{path}:{row_number}", record, None, ""
+
+
 def _read_json(path: Path, fields, max_record_bytes: int, separator: str) -> Iterator[RecordTuple]:
     with _open(path) as file:
         head = file.read(4096).lstrip()

@@ -76,6 +76,18 @@ def special_prefix_ids(tokenizer) -> list[int]:
     raise ValueError(f"cannot locate the text inside {with_specials}: unexpected tokenizer behaviour")
 
 
+def chat_prompt_ids(tokenizer, user_text: str, think_prefill: bool = True) -> list[int]:
+    """`user_text` as the user turn of the tokenizer's chat template, generation prompt added, the assistant
+    turn opened with "<think>\\n" iff think_prefill (added or removed, whatever the template's revision does)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no chat template: use chat=False "
+                         "(template 'raw' gives the context alone, for base models such as stories260K)")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
+                                         add_generation_prompt=True)
+    text = text.removesuffix(THINK_OPEN) + (THINK_OPEN if think_prefill else "")
+    return tokenizer.encode(text, add_special_tokens=False)  # the chat template spells out its BOS
+
+
 def build_prompt_ids(tokenizer, context_ids: list[int], template: str = "v0", chat: bool = True,
                      think_prefill: bool = True, response_prefill: str = "") -> list[int]:
     """The token ids the policy is prompted with for one context.
@@ -93,13 +105,7 @@ def build_prompt_ids(tokenizer, context_ids: list[int], template: str = "v0", ch
     else:
         text = fill_template(template, tokenizer.decode(context_ids, clean_up_tokenization_spaces=False))
         if chat:
-            if not getattr(tokenizer, "chat_template", None):
-                raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no chat template: use chat=False "
-                                 "(template 'raw' gives the context alone, for base models such as stories260K)")
-            text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                 add_generation_prompt=True)
-            text = text.removesuffix(THINK_OPEN) + (THINK_OPEN if think_prefill else "")
-            ids = tokenizer.encode(text, add_special_tokens=False)  # the chat template spells out its BOS
+            ids = chat_prompt_ids(tokenizer, text, think_prefill)
         else:
             ids = special_prefix_ids(tokenizer) + tokenizer.encode(text, add_special_tokens=False)
     return ids + tokenizer.encode(response_prefill, add_special_tokens=False) if response_prefill else ids

@@ -4,6 +4,9 @@
     from the left to fit max_prompt_tokens) -> engine.generate with a seed per sample -> response text ->
     reward (Eq. 3, or an Appendix A variant)
 
+and, for RLVR (Section 4.1), question -> R1 math prompt -> the same seeded generate -> response text ->
+answer reward (math-verify, rpt/reward/answer.py): an item of a batch is a `Sample` or a `Question`.
+
 so a context gets the same prompt, the same samples and the same score whether the trainer or an evaluation
 meets it (they used to build prompts, seeds and response text each their own way, and differed).
 
@@ -22,8 +25,10 @@ import numpy as np
 import torch
 
 from rpt.data.prompts import build_prompt_ids, special_prefix_ids
+from rpt.data.questions import Question, build_question_prompt_ids
 from rpt.data.sample import Sample
-from rpt.reward import compute_rewards, extract_prediction, first_token_id, token_bytes, token_text
+from rpt.reward import answer_rewards, compute_rewards, extract_prediction, first_token_id, token_bytes, token_text
+from rpt.reward.answer import shared_verifier
 from rpt.rollout.engine import Completion, Engine, SamplingParams
 
 
@@ -40,15 +45,16 @@ class PromptSettings:
 @dataclass(frozen=True)
 class RewardSettings:
     """How a response is scored (the reward.* fields of rpt.config)."""
-    kind: str = "prefix_match"
+    kind: str = "prefix_match"  # or "answer" (RLVR: the items are Questions)
     extraction: str = "boxed"
     penalty: float = 0.0
+    verify_timeout_s: float = 5.0  # answer: time limit per math-verify comparison
 
 
 @dataclass
 class Group:
     """One context and its G completions: the unit that dynamic sampling keeps or drops."""
-    sample: Sample
+    sample: Sample | Question
     prompt_ids: list[int]
     completions: list[Completion]
     responses: list[str]  # what the reward sees: prefill (boxed extraction) + generated text
@@ -70,10 +76,20 @@ def make_prompt(tokenizer, context_ids: list[int], settings: PromptSettings) -> 
         context = context[excess:]
 
 
-def sample_seed(seed: int, sample: Sample, step: int = 0, round_index: int = 0) -> int:
-    """A 32-bit generation seed fixed by the sample's identity (document, position) and (seed, step, round),
-    not by the rank or batch position it lands in; SeedSequence keeps nearby identities' streams unrelated."""
-    return int(np.random.SeedSequence([seed, step, round_index, sample.doc_id, sample.position]).generate_state(1)[0])
+def item_prompt(tokenizer, item: Sample | Question, settings: PromptSettings) -> list[int]:
+    """A sample's prompt (make_prompt), or a question's R1 math prompt (never cut: questions that do not fit
+    are dropped when loaded, rpt.data.questions.drop_long_questions)."""
+    if isinstance(item, Question):
+        return build_question_prompt_ids(tokenizer, item.problem, settings.chat, settings.think_prefill)
+    return make_prompt(tokenizer, item.context_ids, settings)
+
+
+def sample_seed(seed: int, sample: Sample | Question, step: int = 0, round_index: int = 0) -> int:
+    """A 32-bit generation seed fixed by the sample's identity (document, position; a question's id) and
+    (seed, step, round), not by the rank or batch position it lands in; SeedSequence keeps nearby identities'
+    streams unrelated."""
+    identity = [sample.question_id] if isinstance(sample, Question) else [sample.doc_id, sample.position]
+    return int(np.random.SeedSequence([seed, step, round_index, *identity]).generate_state(1)[0])
 
 
 def response_text(tokenizer, completion: Completion, prefill: str = "") -> str:
@@ -86,14 +102,14 @@ def response_text(tokenizer, completion: Completion, prefill: str = "") -> str:
     return prefill + token_text(tokenizer, ids)
 
 
-def generate_groups(engine: Engine, tokenizer, samples: list[Sample], prompt: PromptSettings,
+def generate_groups(engine: Engine, tokenizer, samples: list[Sample | Question], prompt: PromptSettings,
                     params: SamplingParams, extraction: str, seed: int, step: int = 0,
                     round_index: int = 0) -> list[Group]:
     """B samples -> B groups of params.n completions each, every sample with its own seed.
 
     The boxed extraction reads the response prefill as part of the response (the prefill opens the answer,
     e.g. "</think>\\n\\boxed{"); raw reads the generated text alone."""
-    prompts = [make_prompt(tokenizer, sample.context_ids, prompt) for sample in samples]
+    prompts = [item_prompt(tokenizer, sample, prompt) for sample in samples]
     seeds = [sample_seed(seed, sample, step, round_index) for sample in samples]
     prefill = prompt.response_prefill if extraction == "boxed" else ""
     outputs = engine.generate(prompts, params, seeds=seeds)
@@ -114,6 +130,12 @@ def score_groups(groups: list[Group], tokenizer, reward: RewardSettings,
         return torch.empty(0, 0)
     g = len(groups[0].completions)
     responses = [r for group in groups for r in group.responses]  # N = B * G
+    if reward.kind == "answer":  # RLVR: the final answer verified against the question's references
+        rewards, diagnostics = answer_rewards(responses, [group.sample.answers for group in groups for _ in range(g)],
+                                              shared_verifier(reward.verify_timeout_s))
+        for i, group in enumerate(groups):
+            group.diagnostics = {k: v[i * g:(i + 1) * g] for k, v in diagnostics.items()}
+        return rewards.view(len(groups), g)  # (B, G)
     pieces = [token_bytes(tokenizer, group.sample.continuation_ids) for group in groups]  # once per context
     continuations = [group_pieces for group_pieces in pieces for _ in range(g)]  # N, shared by the G samples
     extra = {}
