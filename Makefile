@@ -2,8 +2,9 @@
 # On a GPU node use `pip install -e .[vllm]` and torchrun directly (README).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-SHARED ?= ../shared/data
-TINY_DATA ?= runs/tiny_data
+ASSETS ?= assets
+TINY_DATA ?= runs/tiny_stories
+TINY_ARGS ?=
 export OMP_NUM_THREADS ?= 1
 export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 
@@ -20,15 +21,18 @@ $(VENV)/.installed: setup.py
 
 install: $(VENV)/.installed
 
+# stories260K's own stories (assets/stories): text a 260K model can learn from. Every position is a training
+# position (threshold below any entropy), 3 stories are held out for the eval splits.
 $(TINY_DATA)/manifest.json: $(VENV)/.installed
-	$(PYTHON) launch/prepare_data.py --corpus $(SHARED)/omni_math_rule/omni_math_rule.jsonl \
-		--proxy $(SHARED)/models/stories260K --out $(TINY_DATA) --max-docs 240 --heldout-docs 40 \
-		--max-context 128
+	$(PYTHON) launch/prepare_data.py --corpus $(ASSETS)/stories/stories.jsonl --fields text \
+		--proxy $(ASSETS)/models/stories260K --out $(TINY_DATA) --threshold -1 --heldout-docs 3 \
+		--min-context 8 --max-context 128
 
 tiny-data: $(TINY_DATA)/manifest.json
 
 tiny: tiny-data
-	$(VENV)/bin/torchrun --nproc_per_node=2 launch/train.py --config launch/configs/tiny.yaml
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=2 launch/train.py --config launch/configs/tiny.yaml \
+		--data.path=$(TINY_DATA) $(TINY_ARGS)
 
 test: install
 	$(PYTHON) -m pytest -q tests

@@ -66,7 +66,7 @@ def measure_throughput(corpus: Path, proxy: Path, num_docs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--assets", default=str(REPO / "assets"), help="assets/ or a folder of the same layout")
     parser.add_argument("--docs", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--head-chunk", type=int, default=256)
@@ -77,11 +77,11 @@ def main() -> None:
     if args.variant:
         print(json.dumps(measure_memory(args.variant, args.model_dir, args.tokens, args.head_chunk)))
         return
-    shared = Path(args.shared)
-    measure_throughput(shared / "omni_math_rule" / "omni_math_rule.jsonl", shared / "models" / "stories260K",
+    assets = Path(args.assets)
+    measure_throughput(assets / "omni_math_rule" / "omni_math_rule.jsonl", assets / "models" / "stories260K",
                        args.docs)
     with tempfile.TemporaryDirectory() as model_dir:
-        build_tiny_qwen2(model_dir, shared / "tokenizers" / "qwen2")
+        build_tiny_qwen2(model_dir, assets / "tokenizers" / "qwen2")
         results = {}
         for variant in ("chunked", "naive"):
             command = [sys.executable, __file__, "--variant", variant, "--model-dir", model_dir,

@@ -13,6 +13,7 @@ Run: OMP_NUM_THREADS=1 python benchmarks/bench_reward.py [--n 100000] [--chars 2
 """
 import argparse
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -23,13 +24,13 @@ from rpt.model import load_tokenizer
 from rpt.reward import compute_rewards, extract_prediction, prefix_match_reward, token_bytes
 from rpt.reward.tokens import tokenizer_bytes
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ASSETS = Path(os.environ.get("RPT_ASSETS", Path(__file__).resolve().parents[1] / "assets"))  # or a folder of that layout
 CONTINUATION_TOKENS = 8
 
 
 def build_responses(n: int, chars: int, tokenizer) -> tuple[list[str], list[list[bytes]], list[list[int]]]:
     """n responses of exactly `chars` characters and the byte pieces of their true continuations."""
-    rows = [json.loads(line) for line in open(SHARED / "omni_math_rule" / "omni_math_rule.jsonl")]
+    rows = [json.loads(line) for line in open(ASSETS / "omni_math_rule" / "omni_math_rule.jsonl")]
     corpus_ids = [token_id for row in rows[:400] for token_id in
                   tokenizer.encode(row["solution"] + "\n", add_special_tokens=False)]
     rng = random.Random(0)
@@ -72,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    tokenizer = load_tokenizer(SHARED / "tokenizers" / "qwen2")
+    tokenizer = load_tokenizer(ASSETS / "tokenizers" / "qwen2")
     started = time.perf_counter()
     tokenizer_bytes(tokenizer)
     print(f"token table built once in {time.perf_counter() - started:.2f} s")

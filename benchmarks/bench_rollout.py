@@ -44,7 +44,7 @@ def tokens_per_second(engine, prompt_sets: list[list[list[int]]], params: Sampli
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokenizer", default=str(REPO.parent / "shared" / "data" / "tokenizers" / "qwen2"))
+    parser.add_argument("--tokenizer", default=str(REPO / "assets" / "tokenizers" / "qwen2"))
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--prompts", type=int, default=8)

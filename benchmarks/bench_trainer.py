@@ -44,7 +44,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SHARED = Path(os.environ.get("RPT_SHARED_DATA", REPO.parent / "shared" / "data"))
+ASSETS = Path(os.environ.get("RPT_ASSETS", REPO / "assets"))  # or a folder of that layout
 
 
 def read_status_mb(field: str) -> float:
@@ -69,7 +69,7 @@ def prepare_tiny_data(out: Path) -> Path:
     from rpt.data.prepare import prepare
 
     if not (out / "manifest.json").exists():
-        prepare(SHARED / "omni_math_rule" / "omni_math_rule.jsonl", SHARED / "models" / "stories260K", out,
+        prepare(ASSETS / "omni_math_rule" / "omni_math_rule.jsonl", ASSETS / "models" / "stories260K", out,
                 max_docs=24, heldout_docs=4, max_context=64, docs_per_chunk=8, progress=False)
     return out
 
@@ -115,7 +115,7 @@ def bench_update(args) -> None:
     from rpt.update import update_policy
 
     torch.set_num_threads(args.threads)
-    model_dir = build_tiny_qwen2(Path(tempfile.mkdtemp(prefix="bench_update_")), SHARED / "tokenizers" / "qwen2",
+    model_dir = build_tiny_qwen2(Path(tempfile.mkdtemp(prefix="bench_update_")), ASSETS / "tokenizers" / "qwen2",
                                  hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
                                  num_kv_heads=args.heads // 2)
     cfg = Config()
@@ -186,10 +186,10 @@ def prepare_trl_shape(work: Path, args) -> tuple[Path, Path]:
     from rpt.data.prepare import prepare
     from rpt.model import build_tiny_qwen2
 
-    model_dir = build_tiny_qwen2(work / "model", SHARED / "tokenizers" / "qwen2", hidden_size=args.hidden,
+    model_dir = build_tiny_qwen2(work / "model", ASSETS / "tokenizers" / "qwen2", hidden_size=args.hidden,
                                  num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.heads // 2)
     data_dir = work / "data"
-    prepare(SHARED / "omni_math_rule" / "omni_math_rule.jsonl", model_dir, data_dir, max_docs=6, heldout_docs=1,
+    prepare(ASSETS / "omni_math_rule" / "omni_math_rule.jsonl", model_dir, data_dir, max_docs=6, heldout_docs=1,
             min_context=args.prompt_tokens, max_context=args.prompt_tokens, docs_per_chunk=6, progress=False)
     return model_dir, data_dir
 
@@ -337,7 +337,7 @@ def build_random_llama(out_dir: Path, hidden: int, layers: int) -> tuple[Path, i
 
     from rpt.model import load_tokenizer
 
-    tokenizer = load_tokenizer(SHARED / "models" / "stories260K")
+    tokenizer = load_tokenizer(ASSETS / "models" / "stories260K")
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 8 // 3,
                          num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
                          max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,

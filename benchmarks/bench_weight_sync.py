@@ -97,7 +97,7 @@ def compare_gather_dtypes(policy, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokenizer", default=str(REPO.parent / "shared" / "data" / "tokenizers" / "qwen2"))
+    parser.add_argument("--tokenizer", default=str(REPO / "assets" / "tokenizers" / "qwen2"))
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--tp", type=int, default=1, help="vLLM tensor-parallel size")

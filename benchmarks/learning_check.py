@@ -1,4 +1,4 @@
-"""Learning check: does the whole loop learn? (issue: the trainer; DESIGN.md "Tiny models and the learning check")
+"""Learning check: does the whole loop learn? (README "Learning check")
 
 stories260K writes 4 stories (fixed seed, T=1, ~600 token positions); they become an in-domain corpus, and
 the loop trains stories260K on next-token prediction over them with the real machinery (prefix reward on raw
@@ -10,6 +10,8 @@ were drawn and 60 steps move it less than its noise: measured 0.571 +- 0.043 -> 
 
     python benchmarks/learning_check.py                     # 3 seeds, 1 process, ~3 min a seed
     python benchmarks/learning_check.py --seeds 0 --nproc 2  # under torchrun, 2 ranks
+    python benchmarks/learning_check.py --write-corpus assets/stories/stories.jsonl --stories 12
+                                # (re)writes the tiny default's vendored corpus (assets/stories/PROVENANCE)
 """
 import argparse
 import json
@@ -40,10 +42,12 @@ def write_story_corpus(model_dir: Path, path: Path, stories: int, max_tokens: in
             f.write(json.dumps({"text": tokenizer.decode(row, skip_special_tokens=True)}) + "\n")
 
 
-def prepare_story_data(shared: Path, work: Path, stories: int) -> Path:
+STORIES260K = REPO / "assets" / "models" / "stories260K"
+
+
+def prepare_story_data(model_dir: Path, work: Path, stories: int) -> Path:
     from rpt.data.prepare import prepare
 
-    model_dir = shared / "models" / "stories260K"
     corpus = work / "stories.jsonl"
     if not corpus.exists():
         write_story_corpus(model_dir, corpus, stories)
@@ -97,12 +101,17 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=1)
     parser.add_argument("--stories", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--model", type=Path, default=STORIES260K)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "learning_check")
+    parser.add_argument("--write-corpus", type=Path, default=None,
+                        help="only write --stories stories sampled from --model to this .jsonl and exit")
     args = parser.parse_args()
+    if args.write_corpus:
+        write_story_corpus(args.model, args.write_corpus, args.stories)
+        return
     args.work.mkdir(parents=True, exist_ok=True)
-    data_dir = prepare_story_data(args.shared, args.work, args.stories)
-    initial = expected_reward(args.shared / "models" / "stories260K", data_dir)
+    data_dir = prepare_story_data(args.model, args.work, args.stories)
+    initial = expected_reward(args.model, data_dir)
     firsts, lasts, finals = [], [], []
     for seed in args.seeds:
         out_dir = args.work / f"seed{seed}"

@@ -1,6 +1,8 @@
-"""Fixtures shared by the whole suite: the real tokenizers and stories260K from ../shared/data, and a tiny
-random Qwen2 built once per session with the real Qwen2 tokenizer (head_dim 32, so vLLM's CPU attention
-accepts it). Tests that need shared data skip with a clear reason where it is absent."""
+"""Fixtures shared by the whole suite: the real tokenizers, stories260K and the OmniMATH slice vendored in
+assets/ (RPT_ASSETS points the suite at another folder with the same layout, e.g. one holding the full
+OmniMATH file), and a tiny random Qwen2 built once per session with the real Qwen2 tokenizer (head_dim 32, so
+vLLM's CPU attention accepts it). A missing asset fails the tests that need it: a skipped test proves
+nothing."""
 import os
 import subprocess
 import sys
@@ -12,36 +14,34 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    path = Path(os.environ.get("RPT_SHARED_DATA", REPO.parent / "shared" / "data"))
-    if not path.is_dir():
-        pytest.skip(f"shared data not found at {path} (set RPT_SHARED_DATA to the shared/data directory)")
-    return path
+def assets_dir() -> Path:
+    return Path(os.environ.get("RPT_ASSETS", REPO / "assets"))
 
 
 def _need(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"shared asset missing: {path}")
+        pytest.fail(f"asset missing: {path} (vendored in the repository's assets/; RPT_ASSETS may point "
+                    "at another folder of the same layout)", pytrace=False)
     return path
 
 
 @pytest.fixture(scope="session")
-def qwen2_tokenizer(shared_data):
+def qwen2_tokenizer(assets_dir):
     from rpt.model import load_tokenizer
 
-    return load_tokenizer(_need(shared_data / "tokenizers" / "qwen2"))
+    return load_tokenizer(_need(assets_dir / "tokenizers" / "qwen2"))
 
 
 @pytest.fixture(scope="session")
-def r1_tokenizer(shared_data):
+def r1_tokenizer(assets_dir):
     from rpt.model import load_tokenizer
 
-    return load_tokenizer(_need(shared_data / "tokenizers" / "deepseek_r1_distill_qwen"))
+    return load_tokenizer(_need(assets_dir / "tokenizers" / "deepseek_r1_distill_qwen"))
 
 
 @pytest.fixture(scope="session")
-def stories_dir(shared_data) -> Path:
-    return _need(shared_data / "models" / "stories260K")
+def stories_dir(assets_dir) -> Path:
+    return _need(assets_dir / "models" / "stories260K")
 
 
 @pytest.fixture(scope="session")
@@ -52,15 +52,15 @@ def stories_tokenizer(stories_dir):
 
 
 @pytest.fixture(scope="session")
-def omni_math_path(shared_data) -> Path:
-    return _need(shared_data / "omni_math_rule" / "omni_math_rule.jsonl")
+def omni_math_path(assets_dir) -> Path:
+    return _need(assets_dir / "omni_math_rule" / "omni_math_rule.jsonl")
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen2_dir(shared_data, tmp_path_factory) -> Path:
+def tiny_qwen2_dir(assets_dir, tmp_path_factory) -> Path:
     from rpt.model import build_tiny_qwen2
 
-    return build_tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2"), _need(shared_data / "tokenizers" / "qwen2"))
+    return build_tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2"), _need(assets_dir / "tokenizers" / "qwen2"))
 
 
 def run_torchrun(script: str | Path, args: list[str], nproc: int = 2, timeout: int = 300, env: dict | None = None):

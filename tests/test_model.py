@@ -11,7 +11,7 @@ def test_stories260k_loads_and_continues_a_story(stories_dir, stories_tokenizer)
     ids = stories_tokenizer("Once upon a time", return_tensors="pt").input_ids
     out = model.eval().generate(ids, max_new_tokens=12, do_sample=False)
     text = stories_tokenizer.decode(out[0], skip_special_tokens=True)
-    assert text.startswith("Once upon a time, there was a little girl named Lily")  # shared/data/README.md
+    assert text.startswith("Once upon a time, there was a little girl named Lily")  # assets/README.md
 
 
 def test_tiny_qwen2_fixture(tiny_qwen2_dir, qwen2_tokenizer):

@@ -54,7 +54,8 @@ def test_two_ranks_match_one_process(tiny_data_dir, stories_dir, tmp_path):
 
     The dense reward (Appendix A) always has spread within a group, so every step updates (a prefix-match
     reward of stories260K on OmniMATH text is almost always 0 for every sample, and would compare nothing)."""
-    with_eval = {"logging.eval_every": 3, "logging.eval_max_samples": 9, "reward.kind": "dense", "grpo.kl_coef": 5}
+    with_eval = {"logging.eval_every": 3, "logging.eval_max_samples": 9, "reward.kind": "dense", "grpo.kl_coef": 5,
+                 "logging.eval_mode": "standard"}
     run_single_process(overrides(tiny_data_dir, tmp_path / "one", **with_eval))
     run_torchrun(TRAIN, overrides(tiny_data_dir, tmp_path / "two", **with_eval), nproc=2)
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")

@@ -176,6 +176,6 @@ def doc_text_start(source):
     return record["problem"][:20]
 
 
-def test_proxy_with_another_vocabulary_is_refused(corpus, stories_dir, shared_data, tmp_path):
+def test_proxy_with_another_vocabulary_is_refused(corpus, stories_dir, assets_dir, tmp_path):
     with pytest.raises(ValueError, match="different vocabularies"):
-        prepare(corpus, stories_dir, tmp_path / "out", tokenizer=shared_data / "tokenizers" / "qwen2", **OPTIONS)
+        prepare(corpus, stories_dir, tmp_path / "out", tokenizer=assets_dir / "tokenizers" / "qwen2", **OPTIONS)

@@ -17,7 +17,7 @@ from rpt.rollout.groups import Group, PromptSettings, RewardSettings, response_t
 
 REPO = Path(__file__).resolve().parents[2]
 
-# stories260K's greedy continuation of "Once upon a time" (shared/data/README.md): at every position the
+# stories260K's greedy continuation of "Once upon a time" (assets/README.md): at every position the
 # argmax is the next token of this text, so the labels below are known without running the model.
 GREEDY_TEXT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
 

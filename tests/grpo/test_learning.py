@@ -8,9 +8,9 @@ from benchmarks.learning_check import expected_reward, prepare_story_data, run_s
 
 
 @pytest.mark.slow
-def test_reward_rises_over_60_steps(shared_data, tmp_path):
-    data_dir = prepare_story_data(shared_data, tmp_path, stories=4)
-    before = expected_reward(shared_data / "models" / "stories260K", data_dir)
+def test_reward_rises_over_60_steps(stories_dir, tmp_path):
+    data_dir = prepare_story_data(stories_dir, tmp_path, stories=4)
+    before = expected_reward(stories_dir, data_dir)
     rewards = run_seed(data_dir, tmp_path / "run", seed=0, steps=60, nproc=1, lr=3e-4)
     after = expected_reward(tmp_path / "run" / "hf", data_dir)
     assert statistics.mean(rewards[-10:]) > statistics.mean(rewards[:10]) + 0.05  # measured +0.14
