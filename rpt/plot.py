@@ -1,0 +1,88 @@
+"""The curves a researcher looks at first, from a run directory's metrics.jsonl, as one PNG.
+
+Six panels against the training step: sampled reward (every generated sample, and its running mean over 5
+steps), kept-group fraction (what dynamic sampling keeps), mean response length, engine-trainer log-prob
+mismatch, gradient norm before clipping, and eval accuracy per split (step 0 is the policy before training
+when the loop evaluated it there). Written by the loop at the end of every run and by `launch/plot.py`.
+"""
+import json
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+# (title, metrics.jsonl key, y label); the eval panel gathers every eval/<split>/<mode>_acc key
+PANELS = [
+    ("sampled reward", "rollout/reward_mean", "mean reward"),
+    ("kept-group fraction", "rollout/kept_group_frac", "kept / generated groups"),
+    ("response length", "rollout/response_len_mean", "tokens"),
+    ("log-prob mismatch", "train/mismatch_mean", "|engine - trainer|"),
+    ("grad norm", "train/grad_norm", "norm before clipping"),
+]
+EVAL_TITLE = "eval accuracy"
+RUNNING_MEAN = 5
+
+
+def read_metrics(path: str | Path) -> tuple[list[dict], int]:
+    """The records of a metrics.jsonl by step (a resumed run repeats steps: the last record of a step wins) and
+    the number of lines skipped as unreadable (a run killed mid-write leaves a partial last line)."""
+    by_step, bad = {}, 0
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+                step = int(record["step"])
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+                continue
+            by_step[step] = record
+    return [by_step[step] for step in sorted(by_step)], bad
+
+
+def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], float(r[key])) for r in records if isinstance(r.get(key), (int, float))]
+    return [step for step, _ in points], [value for _, value in points]
+
+
+def plot_metrics(records: list[dict], title: str = "") -> Figure:
+    figure = Figure(figsize=(15, 8), layout="constrained")
+    axes = figure.subplots(2, 3).flatten()
+    for ax, (name, key, ylabel) in zip(axes, PANELS):
+        steps, values = series(records, key)
+        ax.plot(steps, values, marker="." if len(steps) < 50 else None, label="per step")
+        if key == "rollout/reward_mean" and len(values) >= RUNNING_MEAN:
+            ends = range(RUNNING_MEAN, len(values) + 1)
+            means = [sum(values[end - RUNNING_MEAN:end]) / RUNNING_MEAN for end in ends]
+            ax.plot(steps[RUNNING_MEAN - 1:], means, linewidth=2, label=f"mean of {RUNNING_MEAN}")
+            ax.legend()
+        ax.set(title=name, xlabel="step", ylabel=ylabel)
+    ax = axes[len(PANELS)]
+    eval_keys = sorted({k for r in records for k in r if k.startswith("eval/") and k.endswith("_acc")})
+    for key in eval_keys:
+        steps, values = series(records, key)
+        ax.plot(steps, values, marker="o", label=key[len("eval/"):-len("_acc")])  # e.g. easy/reasoning
+    if eval_keys:
+        ax.legend()
+    ax.set(title=EVAL_TITLE, xlabel="step", ylabel="accuracy")
+    for ax in axes:
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+        ax.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write run_dir/metrics.png (or `out`) from run_dir/metrics.jsonl; returns the PNG's path."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{metrics} not found: is {run_dir} a training run directory?")
+    records, bad = read_metrics(metrics)
+    if not records:
+        raise ValueError(f"{metrics} holds no readable records ({bad} unreadable lines)")
+    if bad:
+        print(f"{metrics}: skipped {bad} unreadable lines")
+    out = Path(out) if out else run_dir / "metrics.png"
+    plot_metrics(records, title=str(run_dir)).savefig(out, dpi=80)
+    return out
