@@ -1,10 +1,10 @@
 """Prepare next-token-reasoning data: read a corpus, score every token position with a proxy model's top-16
-entropy, hold out documents for validation, and write shards plus a manifest (PAPER.md 3).
+entropy, hold out documents for validation, and write shards plus a manifest (Section 3.3 of the paper).
 
 One process (CPU, the tiny default):
-    python launch/prepare_data.py --corpus ../shared/data/omni_math_rule/omni_math_rule.jsonl \
-        --proxy ../shared/data/models/stories260K --out runs/tiny_data --max-docs 240 --heldout-docs 40 \
-        --max-context 128
+    python launch/prepare_data.py --corpus assets/stories/stories.jsonl --fields text \
+        --proxy assets/models/stories260K --out runs/tiny_stories --threshold -1 --heldout-docs 3 \
+        --min-context 8 --max-context 128
 The paper's setup (R1-Distill-Qwen-1.5B filters training positions, R1-Distill-Qwen-14B buckets the held-out
 ones; 8 GPUs, each rank scoring its share of the documents):
     torchrun --nproc_per_node=8 launch/prepare_data.py --corpus omni_math.jsonl \

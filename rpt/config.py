@@ -1,5 +1,5 @@
-"""One config: dataclasses whose defaults are the paper's values (PAPER.md Table 5), YAML presets and
-`--section.key=value` overrides.
+"""One config: dataclasses whose defaults are the paper's values (arXiv 2506.08007, Table 5 in Appendix B),
+YAML presets and `--section.key=value` overrides.
 
     cfg = load_config("launch/configs/tiny.yaml", ["--train.steps=3", "--rollout.engine=hf"])
 

@@ -1,4 +1,4 @@
-"""Data: corpus -> proxy-scored documents -> next-token-reasoning samples and their prompts (PAPER.md 3, 5)."""
+"""Data: corpus -> proxy-scored documents -> next-token-reasoning samples and prompts (Section 3.3, Appendix D)."""
 from rpt.data.corpus import BadRecordReport, Document, make_sample, read_documents
 from rpt.data.entropy import DIFFICULTY_THRESHOLDS, score_documents, select_positions, topk_entropy
 from rpt.data.prompts import TEMPLATES, build_prompt_ids, fill_template

@@ -1,5 +1,5 @@
 """Documents from a text corpus, streamed in a fixed order, and the next-token-reasoning samples cut from
-their token ids (PAPER.md 1 and 3).
+their token ids (Sections 3.1 and 3.3 of the paper).
 
 Formats, chosen by file extension (any case; `.jsonl`, `.json` and `.txt` may be gzipped: `.jsonl.gz`):
 - `.jsonl`: one JSON object per line; the chosen text fields (OmniMATH: `problem`, `solution`) are joined

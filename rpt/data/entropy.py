@@ -1,5 +1,5 @@
 """Proxy-model top-k entropy of every token position, and the thresholds that turn it into training data and
-difficulty splits (PAPER.md 3).
+difficulty splits (Section 3.3; the splits: Section 4, Table 1).
 
 The paper scores each position with DeepSeek-R1-Distill-Qwen-1.5B: entropy (natural log) of the softmax
 renormalised over the 16 largest next-token logits. Training keeps the hard positions (entropy above a

@@ -1,4 +1,4 @@
-"""Corpus -> scored, split documents on disk (PAPER.md 3): the pipeline behind launch/prepare_data.py.
+"""Corpus -> scored, split documents on disk (Section 3.3 of the paper): the pipeline behind launch/prepare_data.py.
 
 1. Read the corpus once to count its good documents and report the bad ones (every rank does this; it is
    cheap next to scoring). Too many bad records is an error before any scoring starts.

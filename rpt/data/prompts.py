@@ -2,7 +2,7 @@
 
 `TEMPLATES` holds the paper's seven templates v0-v6 as plain strings (edit them here); the context goes
 where `{prompt_content}` stands. v0 is the one the paper trained with; v6 scored best at step 0 (Table 8).
-"raw" is the context alone, for tiny models that cannot follow instructions (DESIGN.md, tiny models).
+"raw" is the context alone, for tiny models that cannot follow instructions (README "Quick start").
 
 Source: every template follows Table 10 of the authors' English paper (arXiv 2506.08007v1, Appendix D).
 A Chinese rendering of the paper prints v2's second example as "\\boxed{ = }", like the other templates;

@@ -1,4 +1,4 @@
-"""One next-token-reasoning sample: a context x_<t and its ground-truth continuation x_>=t (PAPER.md 1)."""
+"""One next-token-reasoning sample: a context x_<t and its ground-truth continuation x_>=t (Section 3.1)."""
 from dataclasses import dataclass
 
 

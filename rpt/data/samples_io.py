@@ -12,9 +12,9 @@ Layout written by `rpt.data.prepare.prepare` (launch/prepare_data.py):
 Samples are not stored one by one (a context of up to 4,096 tokens per position would make the data
 quadratic in document length); they are cut from the documents on read, at the positions that
 `select_positions` keeps: split "train" = train documents with entropy > the training threshold;
-"easy" / "medium" / "hard" = held-out documents with entropy > 0.5 / 1.0 / 1.5 (nested, PAPER.md 3). A
-sample's continuation is the rest of its document (Eq. 3's x_>=t) unless the data was prepared with a cap
-(`continuation_tokens` in the manifest).
+"easy" / "medium" / "hard" = held-out documents with entropy > 0.5 / 1.0 / 1.5 (nested, Section 4 of the
+paper). A sample's continuation is the rest of its document (Eq. 3's x_>=t) unless the data was prepared with
+a cap (`continuation_tokens` in the manifest).
 Readers hold the token ids and entropies of all documents in memory (8 bytes per corpus token).
 """
 import hashlib

@@ -1,4 +1,4 @@
-"""Reasoning-pattern statistics (PAPER.md section 6, Section 4.3 / Figure 6, keywords of Table 9).
+"""Reasoning-pattern statistics (Section 4.3 / Figure 6 of the paper, keywords of Table 9 in Appendix E).
 
 For each of the six pattern groups, the share of responses that contain at least one of the group's
 keywords. Two runs side by side give the relative change the paper quotes ("+161.8% hypothesis" for

@@ -1,4 +1,4 @@
-"""Scaling of next-token accuracy with training compute (PAPER.md section 6, Figure 5).
+"""Scaling of next-token accuracy with training compute (Section 4 of the paper, Figure 5).
 
 Fits P(C) = P* - A * C^(-alpha) to (compute, accuracy) points by least squares and scores the fit with the
 coefficient of determination R^2, as the paper does, one fit per validation split.

@@ -1,4 +1,4 @@
-"""Group-normalized advantages (GRPO, PAPER.md section 4).
+"""Group-normalized advantages (GRPO, Section 3.3 of the paper).
 
 Every sample i of a group of G responses to the same context gets A_i = (r_i - mean(r)) / (std(r) + eps),
 and that one number is the advantage of every token of response i (the loss broadcasts it).

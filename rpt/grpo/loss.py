@@ -1,6 +1,6 @@
 """The GRPO policy loss: PPO clipped surrogate, loss aggregation modes, optional KL (k3) and entropy terms.
 
-Per token t of response i (PAPER.md section 4; PPO/GRPO with DAPO's asymmetric "clip-higher"):
+Per token t of response i (Section 3.3 and Table 5 of the paper; PPO/GRPO with DAPO's asymmetric "clip-higher"):
 
     ratio = exp(logp - old_logp)
     pg    = max(-A_i * ratio, -A_i * clip(ratio, 1 - clip_low, 1 + clip_high))

@@ -1,4 +1,4 @@
-"""Dynamic sampling (DAPO; PAPER.md section 4): from a given step on, keep only groups whose G rewards are not
+"""Dynamic sampling (DAPO; Section 3.3 of the paper): from a given step on, keep only groups whose G rewards are not
 all equal (those have zero advantage, so no gradient) and keep generating until the step's batch is full.
 
 Pure bookkeeping, no model, pooled over data-parallel ranks as DAPO fills its batch globally: the loop runs

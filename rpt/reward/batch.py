@@ -1,10 +1,10 @@
-r"""The reward step of the loop: all N = B*G responses of a step scored at once (PAPER.md 1-2, Appendix A).
+r"""The reward step of the loop: all N = B*G responses of a step scored at once (Sections 3.1-3.2, Appendix A).
 
 Two extraction modes:
 - "boxed" (the paper): the prediction is the content of the last `\boxed{}` after the last `</think>`
   (extract.py). The response may start with a prefill the loop put in the assistant turn (e.g.
   "</think>\n\\boxed{"); pass prefill + generated text.
-- "raw" (not in the paper; DESIGN.md "Tiny models and the learning check"): the prediction is the response
+- "raw" (not in the paper; README "Quick start"): the prediction is the response
   text itself, for models too small to write `</think> \boxed{}`. Pass the generated tokens' exact text,
   EOS stripped and without any prefill: build it with `tokens.token_text`, because `decode()` drops the
   leading space of a SentencePiece `▁` token (stories260K: `▁the` decodes to "the") and that prediction

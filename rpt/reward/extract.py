@@ -1,4 +1,4 @@
-r"""The prediction y_t of a next-token-reasoning response (PAPER.md 1, Section 3.3 of the paper): the
+r"""The prediction y_t of a next-token-reasoning response (Sections 3.1 and 3.3 of the paper): the
 complete content of the LAST `\boxed{...}` after the LAST `</think>`, braces balanced.
 
 Rules, chosen to be deterministic on any model output:

@@ -1,4 +1,4 @@
-"""The byte-level prefix-matching reward (Eq. 3, PAPER.md 2) and the Appendix A variants.
+"""The byte-level prefix-matching reward (Eq. 3, Section 3.2) and the Appendix A variants.
 
 Eq. 3: with ȳ the UTF-8 bytes of the prediction, x̄ the concatenated bytes of the ground-truth tokens
 x_t, x_t+1, ... and L_gt their cumulative byte lengths, r = 1 iff ȳ == x̄[0:len(ȳ)] and len(ȳ) ∈ L_gt.

@@ -1,4 +1,4 @@
-"""Token ids -> the raw bytes each token stands for, read from the tokenizer's own pieces (PAPER.md 2).
+"""Token ids -> the raw bytes each token stands for, read from the tokenizer's own pieces (Eq. 3, Section 3.2).
 
 The prefix reward (Eq. 3) needs the byte length of every ground-truth token, including tokens that hold
 only part of a multi-byte UTF-8 character; `decode()` cannot give those (it returns U+FFFD, and
