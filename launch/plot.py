@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing rpt
-from rpt.plot import plot_run  # noqa: E402
+from rpt.report import plot_run  # noqa: E402
 
 
 def main(argv=None) -> None:

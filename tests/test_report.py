@@ -1,4 +1,5 @@
-"""launch/plot.py: the PNG holds the six panels, each plotting exactly the values of metrics.jsonl."""
+"""rpt.report and launch/plot.py: the PNG holds the six panels, each plotting exactly the values of
+metrics.jsonl, and the end-of-run summary compares the right steps."""
 import json
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import sys
 import pytest
 from PIL import Image
 
-from rpt.plot import EVAL_TITLE, PANELS, plot_metrics, plot_run, read_metrics
+from rpt.report import EVAL_TITLE, PANELS, plot_metrics, plot_run, read_metrics, summarize
 from tests.conftest import REPO
 
 
@@ -75,3 +76,14 @@ def test_cli_writes_the_png(run_dir, tmp_path):
 def test_missing_run_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.jsonl not found"):
         plot_run(tmp_path / "nowhere")
+
+
+def test_summary_compares_first_and_last_steps(run_dir):
+    records, _ = read_metrics(run_dir / "metrics.jsonl")
+    # rewards by step 0..6: 0, .5, .2, .4, .6, .7, .8; first 5 mean 0.34, last 5 (steps 2-6) mean 0.54
+    assert summarize(records) == [
+        "sampled reward 0.340 (steps 0-4) -> 0.540 (steps 2-6): +0.200",
+        "eval easy/reasoning 0.300 (step 0) -> 0.400 (step 6): +0.100",
+        "eval hard/reasoning 0.100 (step 0) -> 0.200 (step 6): +0.100",
+    ]
+    assert summarize(records, window=2)[0] == "sampled reward 0.250 (steps 0-1) -> 0.750 (steps 5-6): +0.500"

@@ -1,4 +1,5 @@
-"""The curves a researcher looks at first, from a run directory's metrics.jsonl, as one PNG.
+"""What a run shows at its end, read from its metrics.jsonl: the curves a researcher looks at first as one PNG,
+and a few summary lines (reward and eval accuracy at the start vs the end).
 
 Six panels against the training step: sampled reward (every generated sample, and its running mean over 5
 steps), kept-group fraction (what dynamic sampling keeps), mean response length, engine-trainer log-prob
@@ -38,6 +39,14 @@ def read_metrics(path: str | Path) -> tuple[list[dict], int]:
     return [by_step[step] for step in sorted(by_step)], bad
 
 
+def eval_keys_of(records: list[dict]) -> list[str]:
+    return sorted({key for r in records for key in r if key.startswith("eval/") and key.endswith("_acc")})
+
+
+def eval_name(key: str) -> str:
+    return key[len("eval/"):-len("_acc")]  # eval/easy/reasoning_acc -> easy/reasoning
+
+
 def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     points = [(r["step"], float(r[key])) for r in records if isinstance(r.get(key), (int, float))]
     return [step for step, _ in points], [value for _, value in points]
@@ -56,10 +65,10 @@ def plot_metrics(records: list[dict], title: str = "") -> Figure:
             ax.legend()
         ax.set(title=name, xlabel="step", ylabel=ylabel)
     ax = axes[len(PANELS)]
-    eval_keys = sorted({k for r in records for k in r if k.startswith("eval/") and k.endswith("_acc")})
+    eval_keys = eval_keys_of(records)
     for key in eval_keys:
         steps, values = series(records, key)
-        ax.plot(steps, values, marker="o", label=key[len("eval/"):-len("_acc")])  # e.g. easy/reasoning
+        ax.plot(steps, values, marker="o", label=eval_name(key))
     if eval_keys:
         ax.legend()
     ax.set(title=EVAL_TITLE, xlabel="step", ylabel="accuracy")
@@ -86,3 +95,20 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out else run_dir / "metrics.png"
     plot_metrics(records, title=str(run_dir)).savefig(out, dpi=80)
     return out
+
+
+def summarize(records: list[dict], window: int = 5) -> list[str]:
+    """Sampled reward over the first vs the last `window` logged steps, and every eval accuracy at its first
+    vs its last evaluation (the first is step 0, the policy before training, when the loop evaluated there)."""
+    lines = []
+    steps, rewards = series(records, "rollout/reward_mean")
+    if rewards:
+        first, last = rewards[:window], rewards[-window:]
+        start, end = sum(first) / len(first), sum(last) / len(last)
+        lines.append(f"sampled reward {start:.3f} (steps {steps[0]}-{steps[len(first) - 1]}) -> {end:.3f} "
+                     f"(steps {steps[-len(last)]}-{steps[-1]}): {end - start:+.3f}")
+    for key in eval_keys_of(records):
+        steps, values = series(records, key)
+        lines.append(f"eval {eval_name(key)} {values[0]:.3f} (step {steps[0]}) -> {values[-1]:.3f} "
+                     f"(step {steps[-1]}): {values[-1] - values[0]:+.3f}")
+    return lines
