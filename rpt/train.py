@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from rpt.config import Config, save_config, to_dict
 from rpt.data import SampleStream
@@ -39,6 +40,7 @@ from rpt.grpo.sampling import PooledGroupCollector, select_kept
 from rpt.model import DTYPES, load_model, load_tokenizer
 from rpt.ntp import ntp_eval_loss, ntp_update
 from rpt.plan import GIB, plan_memory, read_model_shape, summary_line
+from rpt.report import plot_run, read_metrics, summarize
 from rpt.rollout.engine import Engine, SamplingParams
 from rpt.rollout.groups import FirstTokenLogprobs, Group, PromptSettings, RewardSettings, generate_groups, \
     score_groups
@@ -265,7 +267,16 @@ def train(cfg: Config) -> list[dict]:
         empty_cache(device)  # the moments' and the update's cached blocks, for the KV cache to map
         engine.wake()
 
+    # the policy before training, so the end-of-run summary and the plot show eval accuracy before vs after
+    if cfg.logging.eval_every and start_step == 0:
+        if engine is not None:
+            wake_engine()
+        metrics = evaluate_policy(policy, tokenizer, engine, cfg, 0)
+        if rank == 0:
+            log_step(out_dir, writer, 0, metrics, cfg)
     history = []
+    # rank 0, on a terminal only (disable=None): a CI log keeps the per-step lines alone
+    progress = tqdm(total=cfg.train.steps, initial=start_step, unit="step", disable=True if rank else None)
 
     def finish_step(step: int, metrics: dict, groups: list[Group], rewards: torch.Tensor | None) -> None:
         """Evaluate, log and checkpoint: the same for every objective."""
@@ -281,6 +292,9 @@ def train(cfg: Config) -> list[dict]:
         history.append({"step": step + 1, **metrics})
         if rank == 0:
             log_step(out_dir, writer, step + 1, metrics, cfg)
+            if "rollout/reward_mean" in metrics:
+                progress.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", refresh=False)
+            progress.update()
             if cfg.logging.samples_every and (step + 1) % cfg.logging.samples_every == 0 and groups:
                 dump_samples(out_dir, step + 1, groups, rewards, tokenizer, cfg.logging.samples_per_dump)
         # checkpoint
@@ -390,14 +404,28 @@ def train(cfg: Config) -> list[dict]:
             metrics["reward/verify_timeouts"] = reduce_metrics({"n": rollout_stats["verify_timeouts"]})["n"]
         finish_step(step, metrics, groups, rewards)
 
+    progress.close()
     if cfg.train.export_hf:
         export_hf(policy, tokenizer, out_dir / "hf")
         print0(f"exported the policy to {out_dir / 'hf'}")
     if writer is not None:
         writer.close()
+    if rank == 0:
+        print_summary(out_dir, cfg.train.export_hf)
     if run_lock is not None:
         run_lock.release()
     return history
+
+
+def print_summary(out_dir: Path, exported: bool) -> None:
+    """The whole run (resumed parts included) from metrics.jsonl: start vs end, and where its outputs are."""
+    records, _ = read_metrics(out_dir / "metrics.jsonl")
+    if not records:
+        return
+    plot = plot_run(out_dir)
+    print("summary:\n  " + "\n  ".join(summarize(records)), flush=True)
+    print(f"  run dir {out_dir} | HF export {out_dir / 'hf' if exported else 'off (train.export_hf)'} | "
+          f"plot {plot}", flush=True)
 
 
 def evaluate_policy(policy, tokenizer, engine: Engine, cfg: Config, step: int) -> dict[str, float]:
@@ -416,21 +444,26 @@ def log_step(out_dir: Path, writer, step: int, metrics: dict, cfg: Config) -> No
     if writer is not None:
         for key, value in metrics.items():
             writer.add_scalar(key, value, step)
-    if (step % cfg.logging.log_every == 0 or step == cfg.train.steps) and "rollout/reward_mean" not in metrics:
-        print0(f"step {step}/{cfg.train.steps} | ntp loss {metrics['train/loss']:.4f} | gnorm "
-               f"{metrics['train/grad_norm']:.3f} | {metrics['train/tokens']:.0f} tokens | upd "
-               f"{metrics['perf/time_update']:.1f}s" + "".join(f" | {k[5:]} {v:.4f}" for k, v in metrics.items()
-                                                               if k.startswith("eval/")))
+    # tqdm.write keeps the progress bar below the lines
+    if step == 0:  # the evaluation before training
+        tqdm.write("  eval at step 0 | " + " | ".join(f"{k[len('eval/'):]} {v:.3f}" for k, v in metrics.items()
+                                                      if k.startswith("eval/") and k.endswith("_acc")))
+    elif (step % cfg.logging.log_every == 0 or step == cfg.train.steps) and "rollout/reward_mean" not in metrics:
+        tqdm.write(f"step {step}/{cfg.train.steps} | ntp loss {metrics['train/loss']:.4f} | gnorm "
+                   f"{metrics['train/grad_norm']:.3f} | {metrics['train/tokens']:.0f} tokens | upd "
+                   f"{metrics['perf/time_update']:.1f}s" + "".join(f" | {k[5:]} {v:.4f}" for k, v in metrics.items()
+                                                                   if k.startswith("eval/")))
     elif step % cfg.logging.log_every == 0 or step == cfg.train.steps:
         m = metrics
-        print0(f"step {step}/{cfg.train.steps} | reward {m['rollout/reward_mean']:.3f} | loss {m['train/loss']:+.2e} "
-               f"| gnorm {m['train/grad_norm']:.3f} | kept {m['rollout/kept_group_frac']:.2f} "
-               f"| len {m['rollout/response_len_mean']:.1f} | mismatch {m['train/mismatch_mean']:.1e} "
-               f"| gen {m['perf/time_generate']:.1f}s upd {m['perf/time_update']:.1f}s "
-               f"sync {m['perf/time_sync']:.1f}s | {m['perf/tokens_per_s']:.0f} tok/s/rank")
+        tqdm.write(f"step {step}/{cfg.train.steps} | reward {m['rollout/reward_mean']:.3f} "
+                   f"| loss {m['train/loss']:+.2e} | gnorm {m['train/grad_norm']:.3f} "
+                   f"| kept {m['rollout/kept_group_frac']:.2f} | len {m['rollout/response_len_mean']:.1f} "
+                   f"| mismatch {m['train/mismatch_mean']:.1e} | gen {m['perf/time_generate']:.1f}s "
+                   f"upd {m['perf/time_update']:.1f}s sync {m['perf/time_sync']:.1f}s "
+                   f"| {m['perf/tokens_per_s']:.0f} tok/s/rank")
         evals = {k[len("eval/"):]: v for k, v in m.items() if k.startswith("eval/") and k.endswith("_acc")}
         if evals:
-            print0("  eval " + " | ".join(f"{k} {v:.3f}" for k, v in evals.items()))
+            tqdm.write(f"  eval at step {step} | " + " | ".join(f"{k} {v:.3f}" for k, v in evals.items()))
 
 
 def dump_samples(out_dir: Path, step: int, groups: list[Group], rewards: torch.Tensor, tokenizer,

@@ -19,6 +19,7 @@ import rpt.train as trainer
 import rpt.update as update
 from rpt.data import SampleStream
 from rpt.config import load_config
+from rpt.report import summarize
 from tests.conftest import REPO, run_torchrun
 
 TRAIN = REPO / "launch/train.py"
@@ -28,7 +29,7 @@ def overrides(data_dir, out_dir, steps=3, **extra) -> list[str]:
     args = {"data.path": data_dir, "train.output_dir": out_dir, "train.steps": steps, "train.batch_size": 4,
             "train.mini_batch_size": 4, "rollout.n": 4, "rollout.max_response_tokens": 2, "train.lr": 1e-3,
             "train.save_every": 0, "logging.tensorboard": False, "logging.samples_every": 1,
-            "data.max_prompt_tokens": 64, "train.micro_batch_tokens": 256, **extra}
+            "data.max_prompt_tokens": 64, "train.micro_batch_tokens": 256, "logging.eval_every": 0, **extra}
     return ["--config", "launch/configs/tiny.yaml"] + [f"--{k}={v}" for k, v in args.items()]
 
 
@@ -56,20 +57,29 @@ def test_two_ranks_match_one_process(tiny_data_dir, stories_dir, tmp_path):
     reward of stories260K on OmniMATH text is almost always 0 for every sample, and would compare nothing)."""
     with_eval = {"logging.eval_every": 3, "logging.eval_max_samples": 9, "reward.kind": "dense", "grpo.kl_coef": 5,
                  "logging.eval_mode": "standard"}
-    run_single_process(overrides(tiny_data_dir, tmp_path / "one", **with_eval))
+    result = run_single_process(overrides(tiny_data_dir, tmp_path / "one", **with_eval))
     run_torchrun(TRAIN, overrides(tiny_data_dir, tmp_path / "two", **with_eval), nproc=2)
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
-    assert sorted(one) == sorted(two) == [1, 2, 3]
-    for step in one:
+    # the end of the run: the summary of metrics.jsonl (eval from step 0 to 3) and where the outputs are
+    summary = summarize([one[step] for step in sorted(one)])
+    assert summary[1].startswith("eval easy/standard ") and "(step 0) -> " in summary[1]
+    assert "summary:\n  " + "\n  ".join(summary) + "\n" in result.stdout
+    run_dir = tmp_path / "one"
+    assert f"  run dir {run_dir} | HF export {run_dir / 'hf'} | plot {run_dir / 'metrics.png'}" in result.stdout
+    assert (run_dir / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(one) == sorted(two) == [0, 1, 2, 3]  # step 0: the eval before training
+    for step in (1, 2, 3):
         # the same rollouts; dense rewards are policy probabilities, computed by a sharded forward on 2 ranks
         assert one[step]["rollout/reward_mean"] == pytest.approx(two[step]["rollout/reward_mean"], rel=1e-5)
         assert one[step]["train/grad_norm"] > 1e-3  # every step learns something
         assert abs(one[step]["train/grad_norm"] - two[step]["train/grad_norm"]) <= 1e-5 * one[step]["train/grad_norm"]
         assert two[step]["train/kl_ref"] == pytest.approx(one[step]["train/kl_ref"], rel=1e-3, abs=1e-9)
     assert one[3]["train/kl_ref"] > 1e-6
-    evals = {k: v for k, v in two[3].items() if k.startswith("eval/")}
-    assert evals["eval/hard/num_samples"] == 9 and "eval/easy/standard_acc" in evals
-    assert evals == {k: v for k, v in one[3].items() if k.startswith("eval/")}  # periodic eval, rank-invariant
+    for step in (0, 3):
+        evals = {k: v for k, v in two[step].items() if k.startswith("eval/")}
+        assert evals["eval/hard/num_samples"] == 9 and "eval/easy/standard_acc" in evals
+        assert evals == {k: v for k, v in one[step].items() if k.startswith("eval/")}  # rank-invariant
+    assert set(one[0]) == {"step", *(k for k in one[3] if k.startswith("eval/"))}  # eval only, before step 1
     initial = load_file(stories_dir / "model.safetensors")
     params_one = load_file(tmp_path / "one" / "hf" / "model.safetensors")
     params_two = load_file(tmp_path / "two" / "hf" / "model.safetensors")
