@@ -1,5 +1,5 @@
 """Evaluation after (or between) training runs: Table 1, Figure 5 and Figure 6 for your own model
-(PAPER.md section 6), and the downstream evaluations of Tables 2-3. Six subcommands:
+(Section 4 of the paper, arXiv 2506.08007), and the downstream evaluations of Tables 2-3. Six subcommands:
 
 accuracy  next-token accuracy on the easy/medium/hard splits of a prepared data directory, standard mode
           (argmax of one forward pass) and/or next-token reasoning (sampled through the rollout engine,

@@ -1,4 +1,4 @@
-"""Next-token prediction accuracy by difficulty split (PAPER.md section 6, Table 1; Random@1 / Pass@k of
+"""Next-token prediction accuracy by difficulty split (Section 4 of the paper, Table 1; Random@1 / Pass@k of
 Table 8), in two modes:
 
 - standard: one forward pass over the raw context x_<t (no prompt template; the tokenizer's BOS first, as
