@@ -15,6 +15,7 @@ Run: OMP_NUM_THREADS=1 python benchmarks/bench_continuation.py [--docs 200] [--r
 """
 import argparse
 import json
+import os
 import random
 import time
 import tracemalloc
@@ -26,7 +27,7 @@ from rpt.data.corpus import make_sample
 from rpt.model import load_tokenizer
 from rpt.reward import compute_rewards, token_bytes
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ASSETS = Path(os.environ.get("RPT_ASSETS", Path(__file__).resolve().parents[1] / "assets"))  # or a folder of that layout
 MIN_CONTEXT, MAX_CONTEXT, GROUP_SIZE = 32, 4096, 8
 
 
@@ -76,8 +77,8 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=200)
     parser.add_argument("--reward-contexts", type=int, default=2048)
     args = parser.parse_args()
-    tokenizer = load_tokenizer(SHARED / "tokenizers" / "qwen2")
-    rows = [json.loads(line) for line in open(SHARED / "omni_math_rule" / "omni_math_rule.jsonl")]
+    tokenizer = load_tokenizer(ASSETS / "tokenizers" / "qwen2")
+    rows = [json.loads(line) for line in open(ASSETS / "omni_math_rule" / "omni_math_rule.jsonl")]
     texts = [row["problem"] + "\n\n" + row["solution"] for row in rows]
     chosen = random.Random(0).sample(range(len(texts)), args.docs)
     documents = tokenizer([texts[i] for i in chosen], add_special_tokens=False)["input_ids"]

@@ -78,9 +78,9 @@ def test_stories_proxy_with_a_second_stories_model(short_corpus, stories_dir, st
                 progress=False)
 
 
-def test_tiny_qwen2_proxy_with_a_second_tiny_qwen2(short_corpus, tiny_qwen2_dir, shared_data, qwen2_tokenizer,
+def test_tiny_qwen2_proxy_with_a_second_tiny_qwen2(short_corpus, tiny_qwen2_dir, assets_dir, qwen2_tokenizer,
                                                     tmp_path):
-    split_dir = build_tiny_qwen2(tmp_path / "tiny_qwen2_seed1", shared_data / "tokenizers" / "qwen2", seed=1)
+    split_dir = build_tiny_qwen2(tmp_path / "tiny_qwen2_seed1", assets_dir / "tokenizers" / "qwen2", seed=1)
     out = tmp_path / "data"
     prepare(short_corpus, tiny_qwen2_dir, out, split_proxy=split_dir, max_docs=4, heldout_docs=2, min_context=8,
             max_context=64, docs_per_chunk=4, progress=False)
