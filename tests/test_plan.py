@@ -16,7 +16,7 @@ QWEN25_14B = {"model_type": "qwen2", "hidden_size": 5120, "num_hidden_layers": 4
 # by hand: q 5120*5120+5120, k and v 5120*1024+1024 each, o 5120*5120, MLP 3*5120*13824, 2 norms of 5120
 LAYER = 26_219_520 + 2 * 5_243_904 + 26_214_400 + 212_336_640 + 10_240  # = 275,268,608
 EMBED = 152064 * 5120  # = 778,567,680, twice (untied lm_head)
-PARAMS = 48 * LAYER + 2 * EMBED + 5120  # = 14,770,033,664: the 14.77B of DESIGN.md
+PARAMS = 48 * LAYER + 2 * EMBED + 5120  # = 14,770,033,664: Qwen2.5-14B's 14.77B parameters
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_parameter_count_and_kv_bytes_of_qwen25_14b(qwen14b_dir):
     assert (shape.head_dim, shape.num_kv_heads, shape.attention_bias) == (128, 8, True)
     assert shape.layer_params == LAYER == 275_268_608
     assert shape.params == PARAMS == 14_770_033_664
-    assert shape.kv_bytes_per_token(2, 1) == 2 * 48 * 8 * 128 * 2 == 196_608  # DESIGN.md's number
+    assert shape.kv_bytes_per_token(2, 1) == 2 * 48 * 8 * 128 * 2 == 196_608  # K,V x layers x kv heads x dim x bf16
     assert shape.kv_bytes_per_token(2, 2) == 98_304  # TP 2 splits the 8 KV heads
     assert shape.kv_bytes_per_token(2, 16) == 2 * 48 * 1 * 128 * 2  # more ranks than heads: replicated
 
