@@ -13,6 +13,7 @@ import argparse
 import functools
 import json
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -20,11 +21,11 @@ from pathlib import Path
 from rpt.reward.answer import MathVerifier, answer_rewards
 from rpt.reward.extract import extract_prediction
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ASSETS = Path(os.environ.get("RPT_ASSETS", Path(__file__).resolve().parents[1] / "assets"))  # or a folder of that layout
 
 
 def build_pairs(count: int) -> tuple[list[str], list[str]]:
-    answers = [json.loads(line)["answer"] for line in open(SHARED / "math500" / "test.jsonl")]
+    answers = [json.loads(line)["answer"] for line in open(ASSETS / "math500" / "test.jsonl")]
     responses, references = [], []
     for i in range(count):
         reference = answers[(i // 2) % len(answers)]

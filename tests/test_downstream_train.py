@@ -34,8 +34,8 @@ def test_ntp_two_ranks_match_one_process(tiny_data_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir() if p.is_dir())[-1].endswith("3")
 
 
-def rlvr_args(shared_data, out_dir) -> list[str]:
-    args = {"data.questions": shared_data / "math500" / "test.jsonl", "data.max_questions": 12,
+def rlvr_args(assets_dir, out_dir) -> list[str]:
+    args = {"data.questions": assets_dir / "math500" / "test.jsonl", "data.max_questions": 12,
             "data.max_prompt_tokens": 400, "train.output_dir": out_dir, "train.steps": 2, "train.batch_size": 4,
             "train.mini_batch_size": 4, "rollout.n": 2, "rollout.max_response_tokens": 4,
             "train.micro_batch_tokens": 1024, "train.save_every": 0, "logging.tensorboard": False,
@@ -43,16 +43,16 @@ def rlvr_args(shared_data, out_dir) -> list[str]:
     return ["--config", "launch/configs/rlvr_tiny.yaml"] + [f"--{k}={v}" for k, v in args.items()]
 
 
-def test_rlvr_pipeline_two_ranks_match_one_process(shared_data, tmp_path):
-    run_single_process(rlvr_args(shared_data, tmp_path / "one"))
-    run_torchrun(TRAIN, rlvr_args(shared_data, tmp_path / "two"), nproc=2)
+def test_rlvr_pipeline_two_ranks_match_one_process(assets_dir, tmp_path):
+    run_single_process(rlvr_args(assets_dir, tmp_path / "one"))
+    run_torchrun(TRAIN, rlvr_args(assets_dir, tmp_path / "two"), nproc=2)
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert sorted(one) == sorted(two) == [1, 2]
     for step in one:
         for key in ("rollout/reward_mean", "rollout/response_len_mean", "rollout/had_box", "reward/verify_timeouts"):
             assert one[step][key] == two[step][key], key
     samples = [json.loads(line) for line in (tmp_path / "one" / "samples.jsonl").read_text().splitlines()]
-    rows = [json.loads(line) for line in (shared_data / "math500" / "test.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (assets_dir / "math500" / "test.jsonl").read_text().splitlines()]
     assert samples and all(len(s["responses"]) == len(s["rewards"]) == 2 for s in samples)
     for sample in samples:  # question ids count the file's records (none is bad): the reference is that row's
         assert sample["question_id"] < 12 and sample["answers"] == [rows[sample["question_id"]]["answer"]]

@@ -11,13 +11,13 @@ from rpt.data.questions import (MATH_INSTRUCTION, SKYWORK_OR1_FIELDS, QuestionSt
 from rpt.data.corpus import BadRecordReport
 
 
-def test_omni_math_rule_and_math500(omni_math_path, shared_data):
+def test_omni_math_rule_and_math500(omni_math_path, assets_dir):
     questions, report = load_questions(omni_math_path)
     assert len(questions) == 2821 and report.num_bad == 0  # duplicates are kept: a question set is chosen
     assert questions[0].answers == ["115440"] and questions[0].source.endswith("omni_math_rule.jsonl:1")
     first_record = json.loads(omni_math_path.read_text().splitlines()[0])
     assert questions[0].problem == first_record["problem"]
-    math500, _ = load_questions(shared_data / "math500" / "test.jsonl", max_questions=10)
+    math500, _ = load_questions(assets_dir / "math500" / "test.jsonl", max_questions=10)
     assert len(math500) == 10 and math500[0].answers == [r"\left( 3, \frac{\pi}{2} \right)"]
 
 
@@ -96,8 +96,8 @@ def test_question_stream_shards_epochs_and_resumes(tmp_path):
     assert [q.question_id for q in resumed.next_batch(6)] == walk[4:10]
 
 
-def test_long_questions_are_dropped_whole(shared_data, r1_tokenizer):
-    questions, _ = load_questions(shared_data / "math500" / "test.jsonl", max_questions=20)
+def test_long_questions_are_dropped_whole(assets_dir, r1_tokenizer):
+    questions, _ = load_questions(assets_dir / "math500" / "test.jsonl", max_questions=20)
     lengths = [len(build_question_prompt_ids(r1_tokenizer, q.problem)) for q in questions]
     limit = sorted(lengths)[10]
     kept, dropped = drop_long_questions(questions, r1_tokenizer, limit)

@@ -12,8 +12,8 @@ from tests.mcq_files import write_mmlu_pro
 WORKER = Path(dist_downstream_worker.__file__)
 
 
-def test_two_ranks_agree_with_one_process(tiny_qwen2_dir, shared_data, tmp_path):
-    mcq_file, math_file = write_mmlu_pro(tmp_path / "mmlu.jsonl"), shared_data / "math500" / "test.jsonl"
+def test_two_ranks_agree_with_one_process(tiny_qwen2_dir, assets_dir, tmp_path):
+    mcq_file, math_file = write_mmlu_pro(tmp_path / "mmlu.jsonl"), assets_dir / "math500" / "test.jsonl"
     results, records = dist_downstream_worker.evaluate_all(tiny_qwen2_dir, mcq_file, math_file)
     assert results["math"]["num_questions"] == 5 and results["standard"]["num_questions"] == 5
     assert len({r for record in records["math"] for r in record["responses"]}) > 1  # they were sampled

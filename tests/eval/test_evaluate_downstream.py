@@ -23,8 +23,8 @@ def cli():
     return module
 
 
-def test_math_and_mcq_commands(cli, tiny_qwen2_dir, shared_data, tmp_path, capsys):
-    math_file = shared_data / "math500" / "test.jsonl"
+def test_math_and_mcq_commands(cli, tiny_qwen2_dir, assets_dir, tmp_path, capsys):
+    math_file = assets_dir / "math500" / "test.jsonl"
     common = ["--config", str(REPO / "launch/configs/rlvr_tiny.yaml"), f"--model.path={tiny_qwen2_dir}",
               "--data.chat=true", "--data.think_prefill=true", "--train.seed=3"]
     cli.main(["math", *common, "--max-questions", "3", "--num-samples", "2", "--pass-k", "1", "2",
