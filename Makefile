@@ -4,7 +4,9 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 ASSETS ?= assets
 TINY_DATA ?= runs/tiny_stories
-TINY_ARGS ?=
+# a rerun of the demo replaces the previous one (a run dir belongs to one run: README "Reliability");
+# TINY_ARGS="--resume auto" continues it instead
+TINY_ARGS ?= --train.overwrite=true
 export OMP_NUM_THREADS ?= 1
 export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 
