@@ -102,8 +102,9 @@ def memory_metrics(device: torch.device, phase: str) -> dict[str, float]:
 
     CUDA: the allocator's peak allocated and reserved bytes since the last call (the peak is reset here, so
     each phase reports its own) and the device's free memory now (`mem_get_info`, which also sees vLLM's
-    and NCCL's allocations outside torch's allocator). CPU: the process's peak resident set so far
-    (`getrusage`, which cannot be reset: it only grows)."""
+    and NCCL's allocations outside torch's allocator). CPU: the process's peak resident set so far (the
+    kernel's VmHWM, which cannot be reset: it only grows). Not getrusage's ru_maxrss: Linux keeps it across
+    exec, so a process started from a bigger parent (a test runner, a launcher) reports the parent's peak."""
     gib = 1024 ** 3
     prefix = f"perf/mem_{phase}"
     if device.type == "cuda":
@@ -113,7 +114,16 @@ def memory_metrics(device: torch.device, phase: str) -> dict[str, float]:
                    f"{prefix}_free_gib": free / gib}
         torch.cuda.reset_peak_memory_stats(device)
         return metrics
-    return {f"{prefix}_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / gib}  # KiB
+    return {f"{prefix}_peak_rss_gib": _peak_rss_kib() * 1024 / gib}
+
+
+def _peak_rss_kib() -> int:
+    """VmHWM of /proc/self/status where there is one (Linux), else getrusage (KiB on Linux and BSDs)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def cleanup() -> None:

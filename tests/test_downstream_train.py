@@ -23,8 +23,8 @@ def test_ntp_two_ranks_match_one_process(tiny_data_dir, tmp_path):
     run_single_process(ntp_args(tiny_data_dir, tmp_path / "one"))
     run_torchrun(TRAIN, ntp_args(tiny_data_dir, tmp_path / "two"), nproc=2)
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
-    assert sorted(one) == sorted(two) == [1, 2, 3]
-    for step in one:
+    assert sorted(one) == sorted(two) == [0, 1, 2, 3]  # step 0: the untrained policy's evaluation
+    for step in (1, 2, 3):
         assert one[step]["train/tokens"] == two[step]["train/tokens"] > 0
         assert two[step]["train/loss"] == pytest.approx(one[step]["train/loss"], rel=1e-5)
         assert two[step]["train/grad_norm"] == pytest.approx(one[step]["train/grad_norm"], rel=1e-4)
