@@ -277,3 +277,54 @@ def test_round_cap_error_on_one_rank_reaches_every_rank(tiny_data_dir, tmp_path)
     assert rank0.startswith("RuntimeError: dynamic sampling kept 2 of 4 groups over all ranks after 1 generation "
                             "rounds (4 groups generated, 2 with all-equal rewards)")
     assert [(tmp_path / f"timeout{r}.txt").read_text() for r in (0, 1)] == ["60.0", "60.0"]
+
+
+class ScriptedEngine:
+    """A stand-in for the rollout engine that answers in the paper's format: half the samples of every prompt
+    close the box on the right next token (" a}" after the prefilled `</think>\\n\\boxed{`), half on a wrong
+    one (" b}"). Generation is not what this test checks; the path from responses to an update is."""
+
+    def __init__(self, tokenizer):
+        self.right = tokenizer.encode(" a}", add_special_tokens=False) + [tokenizer.eos_token_id]
+        self.wrong = tokenizer.encode(" b}", add_special_tokens=False) + [tokenizer.eos_token_id]
+
+    def generate(self, prompts, params, seeds=None):
+        from rpt.rollout.engine import Completion
+
+        return [[Completion(list(self.right if i % 2 == 0 else self.wrong), None, "stop") for i in range(params.n)]
+                for _ in prompts]
+
+    def update_weights(self, named_tensors):
+        for _ in named_tensors:  # consume the stream, as a real engine does
+            pass
+
+    def sleep(self):
+        pass
+
+    def wake(self):
+        pass
+
+
+def test_boxed_reward_through_the_loop_earns_and_trains(stories_dir, stories_tokenizer, tmp_path, monkeypatch):
+    """The paper's answer format through the real loop: prompts prefilled up to `</think>\\n\\boxed{`, the
+    prediction extracted from the box (boxed extraction), scored by Eq. 3 against a corpus whose every
+    continuation starts with " a": half the samples earn 1, so every group has spread and the update moves."""
+    from rpt.data.prepare import prepare
+
+    monkeypatch.delenv("RANK", raising=False)
+    corpus = tmp_path / "a.jsonl"
+    corpus.write_text("".join(json.dumps({"text": "a" + " a" * (60 + i)}) + "\n" for i in range(6)))  # distinct
+    prepare(corpus, stories_dir, tmp_path / "data", fields=("text",), threshold=-1.0, heldout_docs=1,
+            min_context=8, max_context=64, docs_per_chunk=8, progress=False)
+    monkeypatch.setattr(trainer, "build_engine", lambda cfg, tokenizer, device: ScriptedEngine(tokenizer))
+    argv = overrides(tmp_path / "data", tmp_path / "run", steps=2, **{
+        "reward.extraction": "boxed", "train.export_hf": False,
+        "data.response_prefill": '"</think>\\n\\\\boxed{"'})  # YAML double quotes: a real newline
+    history = trainer.train(load_config(argv[1], argv[2:]))
+    for record in history:
+        assert record["rollout/had_think"] == record["rollout/had_box"] == 1.0
+        assert record["rollout/reward_mean"] == record["rollout/kept_accuracy"] == 0.5
+        assert record["train/grad_norm"] > 0
+    sample = json.loads((tmp_path / "run" / "samples.jsonl").read_text().splitlines()[0])
+    assert sample["prompt"].endswith("</think>\n\\boxed{") and sample["rewards"] == [1.0, 0.0, 1.0, 0.0]
+    assert sample["responses"][0] == "</think>\n\\boxed{ a}"
