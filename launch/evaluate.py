@@ -42,6 +42,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from rpt.config import at_least  # noqa: E402
+
 
 def run_accuracy(args, overrides: list[str]) -> None:
     import dataclasses
@@ -223,17 +225,6 @@ def run_patterns(args) -> None:
             report["relative_change_percent"] = compute_relative_change(shares[0], shares[1])
         Path(args.out).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.out}")
-
-
-def at_least(minimum: int):
-    """An argparse type: an integer >= minimum (argparse names the flag in the error)."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    parse.__name__ = "integer"
-    return parse
 
 
 def _downstream_setup(args, overrides: list[str], max_response_tokens: int):

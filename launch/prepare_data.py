@@ -21,18 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing rpt
 from rpt.data.entropy import DEFAULT_TRAIN_THRESHOLD, TOP_K  # noqa: E402
 from rpt.data.prepare import prepare  # noqa: E402
+from rpt.config import at_least  # noqa: E402
 from rpt.dist import cleanup, init_distributed  # noqa: E402
-
-
-def at_least(minimum: int):
-    """An argparse type: an integer >= minimum (argparse names the flag in the error)."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    parse.__name__ = "integer"  # argparse's "invalid integer value" for text that is no number
-    return parse
 
 
 def finite_float(text: str) -> float:

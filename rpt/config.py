@@ -8,6 +8,7 @@ Deviation from the paper's wording: "actor gradient clip 0.2" is read as the gra
 (`train.grad_clip`, verl's `actor.grad_clip`); with exact on-policy updates the PPO ratio is always 1, so a
 clip *ratio* would do nothing. The PPO clip ratios (`grpo.clip_low`, `grpo.clip_high`) are 0.2 as well.
 """
+import argparse
 import dataclasses
 import importlib.util
 import math
@@ -387,3 +388,14 @@ def to_dict(cfg: Config) -> dict:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def at_least(minimum: int):
+    """An argparse type: an integer >= minimum (argparse names the flag in the error)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = "integer"  # argparse's "invalid integer value" for text that is no number
+    return parse

@@ -271,32 +271,8 @@ def _read_json(path: Path, fields, max_record_bytes: int, separator: str) -> Ite
 
 
 def _read_jsonl(path: Path, fields, max_record_bytes: int, separator: str) -> Iterator[RecordTuple]:
-    with _open(path) as file:
-        line_number = 0
-        while True:
-            line = file.readline(max_record_bytes + 2)
-            if not line:
-                return
-            line_number += 1
-            source = f"{path}:{line_number}"
-            if len(line.rstrip(b"\n")) > max_record_bytes:
-                while line and not line.endswith(b"\n"):  # skip the rest of the oversize line unread
-                    line = file.readline(1 << 20)
-                yield source, "", "oversize", f"> {max_record_bytes} bytes"
-                continue
-            if not line.strip():
-                continue  # blank lines between records are not records
-            try:
-                decoded = line.decode("utf-8")
-            except UnicodeDecodeError as error:
-                yield source, "", "invalid_utf8", f"byte {error.start}"
-                continue
-            try:
-                record = json.loads(decoded)
-            except json.JSONDecodeError as error:
-                yield source, "", "invalid_json", error.msg
-                continue
-            yield (source, *_join_fields(record, fields))
+    for source, record, kind, detail in _read_jsonl_records(path, max_record_bytes):
+        yield (source, "", kind, detail) if kind else (source, *_join_fields(record, fields))
 
 
 def _read_parquet(path: Path, fields, max_record_bytes: int, separator: str) -> Iterator[RecordTuple]:

@@ -216,15 +216,15 @@ def evaluate(model, tokenizer, engine: Engine | None, data_dir, splits=("easy", 
     return reduce_split_results(results, counted)
 
 
-def format_accuracy_table(rows: list[tuple[str, str, dict[str, float]]], splits=("easy", "medium", "hard")) -> str:
-    """Table 1's layout: rows (mode, model name, {split: accuracy in 0..1}) grouped under a header line per
-    mode ("Standard next-token prediction", "Next-token reasoning"), accuracy in percent, 2 decimals."""
-    mode_titles = {"standard": "Standard next-token prediction", "reasoning": "Next-token reasoning"}
-    header = [""] + [split.capitalize() for split in splits]
+def format_mode_table(rows: list[tuple[str, str, dict[str, float]]], columns: list[str], headers: list[str],
+                      mode_titles: dict[str, str], decimals: int) -> str:
+    """A markdown table of the paper's layout: rows (mode, model name, {column: accuracy in 0..1}) grouped
+    under a line per mode (its title from mode_titles), accuracy in percent; a missing value is "-"."""
+    header = [""] + headers
     lines: list[list[str]] = []
     for mode in dict.fromkeys(mode for mode, _, _ in rows):
-        lines.append([mode_titles.get(mode, mode)] + [""] * len(splits))
-        lines += [[name] + [f"{100 * values[split]:.2f}" if split in values else "-" for split in splits]
+        lines.append([mode_titles.get(mode, mode)] + [""] * len(columns))
+        lines += [[name] + [f"{100 * values[c]:.{decimals}f}" if c in values else "-" for c in columns]
                   for row_mode, name, values in rows if row_mode == mode]
     widths = [max(len(line[i]) for line in [header] + lines) for i in range(len(header))]
 
@@ -233,3 +233,10 @@ def format_accuracy_table(rows: list[tuple[str, str, dict[str, float]]], splits=
 
     return "\n".join([render(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
                      + [render(line) for line in lines])
+
+
+def format_accuracy_table(rows: list[tuple[str, str, dict[str, float]]], splits=("easy", "medium", "hard")) -> str:
+    """Table 1's layout: rows (mode, model name, {split: accuracy in 0..1}) grouped under a header line per
+    mode ("Standard next-token prediction", "Next-token reasoning"), accuracy in percent, 2 decimals."""
+    return format_mode_table(rows, list(splits), [split.capitalize() for split in splits],
+                             {"standard": "Standard next-token prediction", "reasoning": "Next-token reasoning"}, 2)

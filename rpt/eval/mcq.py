@@ -25,7 +25,7 @@ import torch
 
 from rpt.data.mcq import LETTERS, ChoiceQuestion, reasoning_prompt_ids, standard_prompt_ids
 from rpt.dist import all_reduce
-from rpt.eval.accuracy import data_parallel_layout, shard_evenly
+from rpt.eval.accuracy import data_parallel_layout, format_mode_table, shard_evenly
 from rpt.reward.extract import THINK_END, extract_prediction
 from rpt.reward.tokens import first_token_id, token_bytes
 from rpt.rollout.engine import Engine, SamplingParams
@@ -157,20 +157,8 @@ def evaluate_choice(model, tokenizer, engine: Engine | None, questions: list[Cho
 def format_choice_table(rows: list[tuple[str, str, dict[str, float]]], benchmarks: list[str]) -> str:
     """Table 3's layout (or Appendix C's, with categories as the columns): rows (mode, model name,
     {column: accuracy in 0..1}) grouped under a line per mode, accuracy in percent with one decimal."""
-    mode_titles = {"standard": "Standard next-token prediction mode", "reasoning": "Reasoning mode"}
-    header = [""] + benchmarks
-    lines: list[list[str]] = []
-    for mode in dict.fromkeys(mode for mode, _, _ in rows):
-        lines.append([mode_titles.get(mode, mode)] + [""] * len(benchmarks))
-        lines += [[name] + [f"{100 * values[b]:.1f}" if b in values else "-" for b in benchmarks]
-                  for row_mode, name, values in rows if row_mode == mode]
-    widths = [max(len(line[i]) for line in [header] + lines) for i in range(len(header))]
-
-    def render(line: list[str]) -> str:
-        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths)) + " |"
-
-    return "\n".join([render(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-                     + [render(line) for line in lines])
+    return format_mode_table(rows, benchmarks, benchmarks, {"standard": "Standard next-token prediction mode",
+                                                           "reasoning": "Reasoning mode"}, 1)
 
 
 def write_choice_results(path: str | Path, benchmark: str, mode: str, model_name: str, result: dict,
