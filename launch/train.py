@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rpt.config import ConfigError, check_paths, load_config  # noqa: E402
+from rpt.config import ConfigError, check_paths, check_training_splits, load_config  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
@@ -33,6 +33,7 @@ def main(argv: list[str]) -> None:
     try:
         cfg = load_config(config_path, overrides)
         check_paths(cfg)  # before any import or load: a missing model path is named as such
+        check_training_splits(cfg)
     except ConfigError as error:
         sys.exit(f"config error: {error}")
     from rpt.dist import cleanup

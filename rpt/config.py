@@ -11,6 +11,7 @@ clip *ratio* would do nothing. The PPO clip ratios (`grpo.clip_low`, `grpo.clip_
 import argparse
 import dataclasses
 import importlib.util
+import json
 import math
 import types
 import typing
@@ -375,6 +376,25 @@ def check_paths(cfg: Config) -> None:
     if not (data / "manifest.json").is_file():
         raise ConfigError(f"data.path: '{data}' is not a finished prepared-data directory (no manifest.json; "
                           "run launch/prepare_data.py)")
+
+
+def check_training_splits(cfg: Config) -> None:
+    """The splits a training run reads have samples: the training split (RPT) and, with periodic evaluation,
+    the held-out ones, which would otherwise stop the run at its first evaluation, possibly hours in."""
+    if not cfg.data.path:
+        return
+    manifest = Path(cfg.data.path) / "manifest.json"
+    counts = json.loads(manifest.read_text()).get("samples", {})
+    named = {}
+    if cfg.train.objective == "rpt" and cfg.reward.kind != "answer":
+        named["data.split"] = [cfg.data.split]
+    if cfg.logging.eval_every:
+        named["logging.eval_splits"] = list(cfg.logging.eval_splits)
+    for field, splits in named.items():
+        empty = [split for split in splits if not counts.get(split)]
+        if empty:
+            raise ConfigError(f"{field}: split(s) {empty} have no samples in {manifest} "
+                              f"(its sample counts: {counts})")
 
 
 def to_dict(cfg: Config) -> dict:

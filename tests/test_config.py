@@ -137,6 +137,28 @@ def test_check_paths_names_the_missing_path(stories_dir, tiny_data_dir, tmp_path
         check_paths(load_config(None, good + [f"--model.tokenizer_path={tmp_path / 'nope'}"]))
 
 
+def test_check_training_splits_refuses_a_split_without_samples(stories_dir, tiny_data_dir, tmp_path):
+    """An empty or unknown split is named at start-up, not at the first evaluation hours into the run."""
+    import json
+    import shutil
+
+    from rpt.config import check_training_splits
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["samples"]["hard"] > 0 and manifest["samples"]["train"] > 0
+    manifest["samples"]["hard"] = 0
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    paths = [f"--model.path={stories_dir}", f"--data.path={data}"]
+    check_training_splits(load_config(None, paths))  # no evaluation: the held-out splits are not read
+    check_training_splits(load_config(None, paths + ["--logging.eval_every=5", "--logging.eval_splits=[easy,medium]"]))
+    with pytest.raises(ConfigError, match=r"logging.eval_splits: split\(s\) \['hard'\] have no samples in .*manifest"):
+        check_training_splits(load_config(None, paths + ["--logging.eval_every=5"]))
+    with pytest.raises(ConfigError, match=r"data.split: split\(s\) \['easy_typo'\] have no samples"):
+        check_training_splits(load_config(None, paths + ["--data.split=easy_typo"]))
+
+
 def test_flash_attention_without_the_package_is_a_config_error(monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn"
