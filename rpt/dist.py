@@ -2,7 +2,7 @@
 
 Under torchrun (RANK set): nccl on CUDA, gloo on CPU, one device per local rank. Without RANK: a single
 process, no process group, and every helper below still works. Also here: the per-phase device memory
-helpers the loop calls at its phase boundaries (`empty_cache`, `memory_metrics`).
+helpers the loop calls at its phase boundaries (`empty_cache`, `reset_peak_memory`, `memory_metrics`).
 """
 import datetime
 import os
@@ -97,14 +97,29 @@ def empty_cache(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def memory_metrics(device: torch.device, phase: str) -> dict[str, float]:
-    """This rank's memory during the phase that just ended, as `perf/mem_{phase}_*` metrics in GiB.
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new memory peak, so that the next `memory_metrics` reports the phase that begins here alone:
+    CUDA's allocator peaks; on Linux the kernel's VmHWM, reset to the current RSS by writing 5 to
+    /proc/self/clear_refs (where that file is missing or not writable the CPU peak keeps growing)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass
 
-    CUDA: the allocator's peak allocated and reserved bytes since the last call (the peak is reset here, so
-    each phase reports its own) and the device's free memory now (`mem_get_info`, which also sees vLLM's
-    and NCCL's allocations outside torch's allocator). CPU: the process's peak resident set so far (the
-    kernel's VmHWM, which cannot be reset: it only grows). Not getrusage's ru_maxrss: Linux keeps it across
-    exec, so a process started from a bigger parent (a test runner, a launcher) reports the parent's peak."""
+
+def memory_metrics(device: torch.device, phase: str) -> dict[str, float]:
+    """This rank's memory during the phase that just ended, as `perf/mem_{phase}_*` metrics in GiB; the peak
+    is reset afterwards (`reset_peak_memory`), so each phase reports its own.
+
+    CUDA: the allocator's peak allocated and reserved bytes and the device's free memory now (`mem_get_info`,
+    which also sees vLLM's and NCCL's allocations outside torch's allocator). CPU: the process's peak
+    resident set (the kernel's VmHWM). Not getrusage's ru_maxrss: it cannot be reset, and Linux keeps it
+    across exec, so a process started from a bigger parent (a test runner, a launcher) reports the parent's
+    peak."""
     gib = 1024 ** 3
     prefix = f"perf/mem_{phase}"
     if device.type == "cuda":
@@ -112,9 +127,10 @@ def memory_metrics(device: torch.device, phase: str) -> dict[str, float]:
         metrics = {f"{prefix}_max_allocated_gib": torch.cuda.max_memory_allocated(device) / gib,
                    f"{prefix}_max_reserved_gib": torch.cuda.max_memory_reserved(device) / gib,
                    f"{prefix}_free_gib": free / gib}
-        torch.cuda.reset_peak_memory_stats(device)
-        return metrics
-    return {f"{prefix}_peak_rss_gib": _peak_rss_kib() * 1024 / gib}
+    else:
+        metrics = {f"{prefix}_peak_rss_gib": _peak_rss_kib() * 1024 / gib}
+    reset_peak_memory(device)
+    return metrics
 
 
 def _peak_rss_kib() -> int:

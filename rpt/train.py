@@ -32,7 +32,7 @@ from rpt.data.prompts import special_prefix_ids
 from rpt.data.questions import Question, QuestionStream, drop_long_questions, load_questions
 from rpt.data.windows import WindowStream
 from rpt.dist import all_gather_objects, empty_cache, init_distributed, memory_metrics, print0, reduce_metrics, \
-    seed_everything
+    reset_peak_memory, seed_everything
 from rpt.fsdp import build_policy, export_hf, iter_full_weights, latest_checkpoint, load_checkpoint, \
     move_optimizer_state, save_checkpoint
 from rpt.grpo.advantages import compute_advantages
@@ -320,6 +320,7 @@ def train(cfg: Config) -> list[dict]:
             finish_step(step, metrics, [], None)
             continue
         # sample contexts -> generate -> reward (refilled by dynamic sampling)
+        reset_peak_memory(device)  # perf/mem_generate: this phase, not the previous step's evaluation
         wake_engine()
         collector = PooledGroupCollector(cfg.train.batch_size, cfg.grpo.max_generation_rounds,
                                          cfg.grpo.on_round_cap, step=step,

@@ -32,21 +32,28 @@ def test_two_ranks_gloo():
     assert first != second
 
 
-def test_cpu_memory_metrics_report_the_kernels_peak_rss():
+def test_cpu_memory_metrics_report_each_phases_peak_rss():
     """In a fresh process: touch 512 MiB, then the metric must be at least that and equal the kernel's own
-    high-water mark (VmHWM in /proc/self/status)."""
+    high-water mark (VmHWM in /proc/self/status). Free it: the phase that began holding it still counts it,
+    the phase after must not (each call resets the peak to what is resident then)."""
     code = """
 import json, torch
 from rpt.dist import memory_metrics
 block = torch.ones(128 * 1024 * 1024)  # 512 MiB of float32, every page touched
-metrics = memory_metrics(torch.device("cpu"), "generate")
+first = memory_metrics(torch.device("cpu"), "generate")
 hwm_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({**metrics, "hwm_gib": hwm_kib / 1024 ** 2}))
+del block  # an mmap'd block: back to the OS at once
+second = memory_metrics(torch.device("cpu"), "update")
+third = memory_metrics(torch.device("cpu"), "sync")
+print(json.dumps({**first, **second, **third, "hwm_gib": hwm_kib / 1024 ** 2}))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
                             env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.splitlines()[-1])
-    assert list(out) == ["perf/mem_generate_peak_rss_gib", "hwm_gib"]
+    assert list(out) == ["perf/mem_generate_peak_rss_gib", "perf/mem_update_peak_rss_gib",
+                         "perf/mem_sync_peak_rss_gib", "hwm_gib"]
     assert out["perf/mem_generate_peak_rss_gib"] >= 0.5
     assert abs(out["perf/mem_generate_peak_rss_gib"] - out["hwm_gib"]) < 0.01
+    assert abs(out["perf/mem_update_peak_rss_gib"] - out["perf/mem_generate_peak_rss_gib"]) < 0.01
+    assert out["perf/mem_sync_peak_rss_gib"] < out["perf/mem_update_peak_rss_gib"] - 0.45

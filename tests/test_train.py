@@ -253,9 +253,8 @@ def test_reasoning_eval_every_step_with_the_engine_awake(tiny_data_dir, tmp_path
         for split in ("easy", "medium", "hard"):
             assert record[f"eval/{split}/num_samples"] == 4
             assert 0 <= record[f"eval/{split}/reasoning_acc"] <= 1
-        for phase in ("generate", "update", "sync") if step else ():  # CPU: the peak RSS so far, > 100 MiB
+        for phase in ("generate", "update", "sync") if step else ():  # CPU: the phase's peak RSS, > 100 MiB
             assert record[f"perf/mem_{phase}_peak_rss_gib"] > 0.1
-    assert metrics[2]["perf/mem_sync_peak_rss_gib"] >= metrics[1]["perf/mem_generate_peak_rss_gib"]  # only grows
 
 
 
