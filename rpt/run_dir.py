@@ -54,9 +54,10 @@ class RunDirError(RuntimeError):
 
 
 class RunDirLock:
-    """An exclusive flock on `directory/.lock`; released by `release()` or by the death of the process."""
+    """An exclusive flock on `directory/.lock`; released by `release()` or by the death of the process.
+    `setting` names what chooses the directory, for the error (training's train.output_dir, prepare's --out)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, setting: str = "train.output_dir"):
         self.path = Path(directory) / LOCK_FILE
         self.file = open(self.path, "a+")
         try:
@@ -66,7 +67,7 @@ class RunDirLock:
             holder = self.file.read().strip() or "unknown"
             self.file.close()
             raise RunDirError(f"{directory} is in use by another job ({holder} holds {self.path}); two jobs cannot "
-                              "write one run directory: wait for it to end or choose another train.output_dir") from None
+                              f"write one directory: wait for it to end or choose another {setting}") from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"pid {os.getpid()} on {os.uname().nodename}\n")

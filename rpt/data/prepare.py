@@ -42,6 +42,7 @@ from rpt.data.prompts import special_prefix_ids
 from rpt.data.samples_io import SPLITS, chunk_path, read_docs, split_positions, vocabulary_sha256, write_chunk
 from rpt.dist import print0
 from rpt.model import load_model, load_tokenizer
+from rpt.run_dir import RunDirLock
 
 MAX_REPORTED_RECORDS = 1000  # skipped records listed in the manifest (all are counted)
 KILL_AFTER_CHUNKS_ENV = "RPT_PREPARE_KILL_AFTER_CHUNKS"  # test hook: SIGKILL this process after n chunks
@@ -145,8 +146,12 @@ def prepare(corpus: str | Path | list, proxy: str | Path, out: str | Path, token
     report.check(max_bad_fraction)
     if num_docs <= heldout_docs:
         raise ValueError(f"{num_docs} documents cannot leave {heldout_docs} held out and any for training")
+    lock = None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        # one job per directory (held for the job's life, dropped by the kernel if it dies): a second job
+        # would take the first one's half-written files below for a killed run's and delete them
+        lock = RunDirLock(out, setting="--out")
         for stray in [*out.glob("*.tmp[0-9]*"), *out.glob("docs/*.tmp[0-9]*")]:
             stray.unlink()  # a write a kill interrupted (write_chunk, _write_json_atomic)
         _write_json_atomic(args_path, args)
@@ -192,6 +197,7 @@ def prepare(corpus: str | Path | list, proxy: str | Path, out: str | Path, token
                                    skipped_files)
         _write_json_atomic(out / "manifest.json", manifest)
         print0(f"wrote {out}: docs {manifest['docs']}, samples {manifest['samples']}")
+        lock.release()
     _barrier()
     return json.loads((out / "manifest.json").read_text())
 

@@ -138,6 +138,35 @@ def test_corpus_edited_between_a_killed_run_and_its_rerun_is_refused(corpus, sto
         prepare_single_threaded(edited, stories_dir, out)
 
 
+PREPARE_LOCK_HOLDER = """
+import sys, time
+from rpt.run_dir import RunDirLock
+lock = RunDirLock(sys.argv[1], setting="--out")
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_second_prepare_into_a_directory_in_use_is_refused_and_deletes_nothing(corpus, stories_dir, tmp_path):
+    """A job writing `out` holds its lock; a second prepare must stop before it takes the first job's
+    half-written files for a killed run's strays and deletes them."""
+    out = tmp_path / "out"
+    (out / "docs").mkdir(parents=True)
+    in_flight = out / "docs" / "chunk-000000.parquet.tmp4242"  # the first job's write in progress
+    in_flight.write_bytes(b"being written")
+    holder = subprocess.Popen([sys.executable, "-c", PREPARE_LOCK_HOLDER, str(out)], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RuntimeError, match=rf"in use by another job \(pid {holder.pid} .*choose another --out"):
+            prepare_single_threaded(corpus, stories_dir, out)
+        assert in_flight.read_bytes() == b"being written"
+        assert not (out / "prepare_args.json").exists()
+    finally:
+        holder.kill()  # the kernel drops the flock with the process
+        holder.wait()
+
+
 @pytest.mark.parametrize("flag, value", [("--docs-per-chunk", "0"), ("--top-k", "0"), ("--threshold", "nan"),
                                          ("--threshold", "inf"), ("--continuation-tokens", "0"),
                                          ("--max-bad-fraction", "1.5"), ("--max-context", "-1"),
