@@ -62,36 +62,40 @@ def compute_pass_at_k(num_correct: np.ndarray, num_samples: int, k: int) -> np.n
 
 
 @torch.no_grad()
+def last_token_logits(model, contexts: list[list[int]], pad_id: int) -> torch.Tensor:
+    """B contexts, left-padded into one batch -> (B, V) logits of the token after each, on the model's device.
+
+    Left padding puts every context's last token in the last position; position ids count real tokens only,
+    so padding changes nothing (any position embedding). Only the last position's logits are computed
+    (`logits_to_keep=1` of an HF model, `next_token_logits` of the trainer's PolicyLogprobs): never
+    (B, T, V) at once. Works on an FSDP2-wrapped model as long as every rank calls it alike."""
+    device = next(model.parameters()).device
+    length = max(len(context) for context in contexts)
+    input_ids = torch.full((len(contexts), length), pad_id, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(contexts), length), dtype=torch.long)  # (B, T)
+    for row, context in enumerate(contexts):
+        input_ids[row, length - len(context):] = torch.tensor(context)
+        attention_mask[row, length - len(context):] = 1
+    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, T)
+    inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
+              "position_ids": position_ids.to(device)}
+    if hasattr(model, "next_token_logits"):  # the trainer's policy (rpt.policy.PolicyLogprobs)
+        return model.next_token_logits(**inputs)  # (B, V)
+    return model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1]  # (B, V)
+
+
 def predict_next_tokens(model, contexts: list[list[int]], pad_id: int, batch_size: int = 16,
                         show_progress: bool = False) -> torch.Tensor:
-    """Greedy next token after each context: S contexts -> (S,) token ids (on CPU).
-
-    Contexts are sorted by length and left-padded into batches, so the last position of every row is the
-    context's last token; position ids count real tokens only, so padding changes nothing (any position
-    embedding). `logits_to_keep=1` keeps only the last position's logits: never (B, T, V) at once. Works on
-    an FSDP2-wrapped model, and on the trainer's PolicyLogprobs (its `next_token_logits`), as long as every
-    rank calls it with the same number of contexts."""
+    """Greedy next token after each context: S contexts -> (S,) token ids (on CPU). Contexts are sorted by
+    length before batching, so a batch pads little (`last_token_logits`)."""
     if any(len(context) == 0 for context in contexts):
         raise ValueError("standard-mode accuracy needs a non-empty context for every sample")
-    device = next(model.parameters()).device
     order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
     predictions = torch.empty(len(contexts), dtype=torch.long)
     for start in tqdm(range(0, len(order), batch_size), desc="standard", disable=not show_progress, leave=False):
-        batch = [contexts[i] for i in order[start:start + batch_size]]
-        length = max(len(context) for context in batch)
-        input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)  # (B, T)
-        attention_mask = torch.zeros((len(batch), length), dtype=torch.long)  # (B, T)
-        for row, context in enumerate(batch):
-            input_ids[row, length - len(context):] = torch.tensor(context)
-            attention_mask[row, length - len(context):] = 1
-        position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, T)
-        inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
-                  "position_ids": position_ids.to(device)}
-        if hasattr(model, "next_token_logits"):  # the trainer's policy (rpt.grpo.PolicyLogprobs)
-            logits = model.next_token_logits(**inputs)  # (B, V)
-        else:
-            logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1]  # (B, V)
-        predictions[order[start:start + batch_size]] = logits.argmax(dim=-1).cpu()  # (B,)
+        batch = order[start:start + batch_size]
+        logits = last_token_logits(model, [contexts[i] for i in batch], pad_id)  # (B, V)
+        predictions[batch] = logits.argmax(dim=-1).cpu()  # (B,)
     return predictions
 
 

@@ -25,7 +25,7 @@ import torch
 
 from rpt.data.mcq import LETTERS, ChoiceQuestion, reasoning_prompt_ids, standard_prompt_ids
 from rpt.dist import all_reduce
-from rpt.eval.accuracy import data_parallel_layout, format_mode_table, shard_evenly
+from rpt.eval.accuracy import data_parallel_layout, format_mode_table, last_token_logits, shard_evenly
 from rpt.reward.extract import THINK_END, extract_prediction
 from rpt.reward.tokens import first_token_id, token_bytes
 from rpt.rollout.engine import Engine, SamplingParams
@@ -47,26 +47,6 @@ def option_letter_ids(tokenizer) -> list[int]:
     return ids
 
 
-@torch.no_grad()
-def last_token_logits(model, prompt: list[list[int]], pad_id: int) -> torch.Tensor:
-    """B prompts, left-padded into one batch -> (B, V) logits of the next token after each, on CPU.
-    Position ids count real tokens only, so padding changes nothing; only the last position's logits are
-    computed (`next_token_logits` of the trainer's policy, or `logits_to_keep=1` of an HF model)."""
-    device = next(model.parameters()).device
-    length = max(len(ids) for ids in prompt)
-    input_ids = torch.full((len(prompt), length), pad_id, dtype=torch.long)  # (B, T)
-    attention_mask = torch.zeros((len(prompt), length), dtype=torch.long)  # (B, T)
-    for row, ids in enumerate(prompt):
-        input_ids[row, length - len(ids):] = torch.tensor(ids)
-        attention_mask[row, length - len(ids):] = 1
-    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, T)
-    inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
-              "position_ids": position_ids.to(device)}
-    if hasattr(model, "next_token_logits"):  # the trainer's policy (PolicyLogprobs)
-        return model.next_token_logits(**inputs).float().cpu()  # (B, V)
-    return model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1].float().cpu()  # (B, V)
-
-
 def predict_standard(model, tokenizer, questions: list[ChoiceQuestion], batch_size: int = 8) -> list[int]:
     """Standard mode: the predicted option index of each question (argmax over its options' letters)."""
     letter_ids = torch.tensor(option_letter_ids(tokenizer))  # (10,)
@@ -75,7 +55,7 @@ def predict_standard(model, tokenizer, questions: list[ChoiceQuestion], batch_si
     for start in range(0, len(questions), batch_size):
         batch = questions[start:start + batch_size]
         logits = last_token_logits(model, [standard_prompt_ids(tokenizer, q) for q in batch], pad_id)  # (B, V)
-        letter_logits = logits[:, letter_ids]  # (B, 10)
+        letter_logits = logits[:, letter_ids].float().cpu()  # (B, 10)
         num_options = torch.tensor([len(q.options) for q in batch])  # (B,)
         letter_logits[torch.arange(len(LETTERS))[None, :] >= num_options[:, None]] = -float("inf")
         predictions += letter_logits.argmax(dim=-1).tolist()
