@@ -113,6 +113,22 @@ def _pack_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], rows:
                       sequence_indices=[seq for seqs in rows for seq in seqs])
 
 
+def _checked_lengths(prompt_ids: list[list[int]], response_ids: list[list[int]], max_tokens: int,
+                     min_micro_batches: int) -> list[int]:
+    """The micro-batchers' shared checks -> each sequence's positions (prompt + response - 1)."""
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses")
+    if not 1 <= min_micro_batches <= len(prompt_ids):
+        raise ValueError(f"min_micro_batches={min_micro_batches} must be between 1 and the {len(prompt_ids)} sequences")
+    if any(len(prompt) == 0 for prompt in prompt_ids):
+        raise ValueError("every prompt needs at least one token (it predicts the first response token)")
+    lengths = [len(prompt) + len(response) - 1 for prompt, response in zip(prompt_ids, response_ids)]
+    if max(lengths) > max_tokens:
+        raise ValueError(f"a sequence of {max(lengths)} positions exceeds the micro-batch budget of {max_tokens} "
+                         "tokens; raise the budget to at least max prompt + max response length")
+    return lengths
+
+
 def pack_micro_batches(
     prompt_ids: list[list[int]], response_ids: list[list[int]], max_tokens: int, min_micro_batches: int = 1,
 ) -> list[MicroBatch]:
@@ -124,16 +140,7 @@ def pack_micro_batches(
     Returns the micro-batches; every sequence is in exactly one. Raises ValueError if one sequence alone
     exceeds the budget.
     """
-    if len(prompt_ids) != len(response_ids):
-        raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses")
-    if not 1 <= min_micro_batches <= len(prompt_ids):
-        raise ValueError(f"min_micro_batches={min_micro_batches} must be between 1 and the {len(prompt_ids)} sequences")
-    if any(len(prompt) == 0 for prompt in prompt_ids):
-        raise ValueError("every prompt needs at least one token (it predicts the first response token)")
-    lengths = [len(prompt) + len(response) - 1 for prompt, response in zip(prompt_ids, response_ids)]
-    if max(lengths) > max_tokens:
-        raise ValueError(f"a sequence of {max(lengths)} positions exceeds the micro-batch budget of {max_tokens} "
-                         "tokens; raise the budget to at least max prompt + max response length")
+    lengths = _checked_lengths(prompt_ids, response_ids, max_tokens, min_micro_batches)
     num_bins = max(min_micro_batches, math.ceil(sum(lengths) / max_tokens))
     while True:  # ends: with one sequence per bin every bin fits
         bins = _assign_longest_first(lengths, num_bins)
@@ -158,16 +165,7 @@ def bucket_micro_batches(
     Arguments and checks as pack_micro_batches. The step's loss does not depend on which sequences share a
     micro-batch: policy_loss normalizes by step-global counts.
     """
-    if len(prompt_ids) != len(response_ids):
-        raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses")
-    if not 1 <= min_micro_batches <= len(prompt_ids):
-        raise ValueError(f"min_micro_batches={min_micro_batches} must be between 1 and the {len(prompt_ids)} sequences")
-    if any(len(prompt) == 0 for prompt in prompt_ids):
-        raise ValueError("every prompt needs at least one token (it predicts the first response token)")
-    lengths = [len(prompt) + len(response) - 1 for prompt, response in zip(prompt_ids, response_ids)]
-    if max(lengths) > max_tokens:
-        raise ValueError(f"a sequence of {max(lengths)} positions exceeds the micro-batch budget of {max_tokens} "
-                         "tokens; raise the budget to at least max prompt + max response length")
+    lengths = _checked_lengths(prompt_ids, response_ids, max_tokens, min_micro_batches)
     runs = [[]]
     for seq in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
         run = runs[-1]
