@@ -276,20 +276,14 @@ def _read_jsonl(path: Path, fields, max_record_bytes: int, separator: str) -> It
 
 
 def _read_parquet(path: Path, fields, max_record_bytes: int, separator: str) -> Iterator[RecordTuple]:
-    parquet_file = pq.ParquetFile(path)
-    missing = [name for name in fields if name not in parquet_file.schema_arrow.names]
-    row_number = 0
-    for batch in parquet_file.iter_batches(batch_size=1024, columns=[f for f in fields if f not in missing]):
-        for record in batch.to_pylist():
-            row_number += 1
-            source = f"{path}:{row_number}"
-            if missing:
-                yield source, "", "missing_field", ",".join(missing)
-                continue
+    for source, record, kind, detail in _read_parquet_records(path, tuple(fields)):
+        if kind is None:
             text, kind, detail = _join_fields(record, fields)
             if kind is None and len(text.encode("utf-8")) > max_record_bytes:
                 kind, detail = "oversize", f"> {max_record_bytes} bytes"
             yield source, text, kind, detail
+        else:
+            yield source, "", kind, detail
 
 
 def _read_txt(path: Path, fields, max_record_bytes: int, separator: str) -> Iterator[RecordTuple]:
