@@ -129,7 +129,10 @@ class LoggingConfig:
     eval_every: int = 0  # evaluate the policy on the validation splits every k steps (0: never)
     eval_mode: Literal["standard", "reasoning"] = "standard"  # argmax of one forward, or sample + reward
     eval_splits: tuple[str, ...] = ("easy", "medium", "hard")
-    eval_max_samples: int = 200
+    eval_max_samples: int = 200  # per split; RLVR: questions of eval_questions (evenly spaced)
+    # RLVR (reward.kind=answer): held-out questions (e.g. MATH-500) evaluated instead of the splits, avg@1 of
+    # the answer reward at the rollout's sampling settings, read with data.question_field / answer_field
+    eval_questions: str = ""
 
 
 @dataclass
@@ -332,8 +335,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.questions is read only with reward.kind=answer")
     if not (cfg.data.question_field and cfg.data.answer_field) or cfg.data.max_questions < 0:
         raise ConfigError("data.question_field and data.answer_field must be set, data.max_questions >= 0")
-    if cfg.logging.eval_every and not cfg.data.path:
-        raise ConfigError("logging.eval_every needs data.path (its held-out splits are what is evaluated)")
+    if cfg.logging.eval_questions and cfg.reward.kind != "answer":
+        raise ConfigError("logging.eval_questions is read only with reward.kind=answer (RPT evaluates the "
+                          "held-out splits of data.path)")
+    if cfg.logging.eval_every and cfg.reward.kind == "answer" and not cfg.logging.eval_questions:
+        raise ConfigError("logging.eval_every with reward.kind=answer needs logging.eval_questions (held-out "
+                          "questions, e.g. MATH-500)")
     if cfg.train.objective == "ntp" and cfg.logging.eval_every and cfg.logging.eval_mode != "standard":
         raise ConfigError("train.objective=ntp has no rollout engine: logging.eval_mode must be standard")
     if cfg.train.objective == "ntp" and cfg.grpo.kl_coef > 0:
@@ -370,6 +377,8 @@ def check_paths(cfg: Config) -> None:
         raise ConfigError(f"model.tokenizer_path: no such directory '{cfg.model.tokenizer_path}'")
     if cfg.data.questions and not Path(cfg.data.questions).exists():
         raise ConfigError(f"data.questions: no such file or directory '{cfg.data.questions}'")
+    if cfg.logging.eval_questions and not Path(cfg.logging.eval_questions).exists():
+        raise ConfigError(f"logging.eval_questions: no such file or directory '{cfg.logging.eval_questions}'")
     if not cfg.data.path and cfg.reward.kind == "answer":
         return  # RLVR reads its questions, not a prepared-data directory
     data = Path(cfg.data.path)

@@ -109,18 +109,25 @@ def build_stream(cfg: Config, tokenizer, dp_rank: int, dp_size: int):
         return WindowStream(cfg.data.path, cfg.data.window_tokens, special_prefix_ids(tokenizer), rank=dp_rank,
                             world_size=dp_size, seed=cfg.train.seed, shuffle=cfg.data.shuffle)
     if cfg.reward.kind == "answer":
-        fields = {"problem": cfg.data.question_field, "answer": cfg.data.answer_field}
-        questions, report = load_questions(cfg.data.questions, fields, max_questions=cfg.data.max_questions)
-        questions, dropped = drop_long_questions(questions, tokenizer, cfg.data.max_prompt_tokens, cfg.data.chat,
-                                                 cfg.data.think_prefill)
-        print0(f"{len(questions)} questions from {cfg.data.questions} ({report.num_bad} bad records skipped, "
-               f"{len(dropped)} over data.max_prompt_tokens dropped)")
-        if not questions:
-            raise ValueError(f"no question of {cfg.data.questions} fits data.max_prompt_tokens")
+        questions = load_fitting_questions(cfg, tokenizer, cfg.data.questions, cfg.data.max_questions)
         return QuestionStream(questions, rank=dp_rank, world_size=dp_size, seed=cfg.train.seed,
                               shuffle=cfg.data.shuffle)
     return SampleStream(cfg.data.path, split=cfg.data.split, rank=dp_rank, world_size=dp_size,
                         seed=cfg.train.seed, shuffle=cfg.data.shuffle)
+
+
+def load_fitting_questions(cfg: Config, tokenizer, path: str, max_questions: int) -> list[Question]:
+    """RLVR's questions from `path` (fields data.question_field / answer_field, the first max_questions when
+    > 0) whose prompt fits data.max_prompt_tokens; what was skipped or dropped is printed."""
+    fields = {"problem": cfg.data.question_field, "answer": cfg.data.answer_field}
+    questions, report = load_questions(path, fields, max_questions=max_questions)
+    questions, dropped = drop_long_questions(questions, tokenizer, cfg.data.max_prompt_tokens, cfg.data.chat,
+                                             cfg.data.think_prefill)
+    print0(f"{len(questions)} questions from {path} ({report.num_bad} bad records skipped, "
+           f"{len(dropped)} over data.max_prompt_tokens dropped)")
+    if not questions:
+        raise ValueError(f"no question of {path} fits data.max_prompt_tokens")
+    return questions
 
 
 def ntp_step(policy, optimizer, scheduler, windows: list[list[int]], settings: UpdateSettings, device,
@@ -222,6 +229,12 @@ def train(cfg: Config) -> list[dict]:
     warmup = cfg.train.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     stream = build_stream(cfg, tokenizer, dp_rank, dp_size)
+    eval_questions = None  # RLVR's held-out questions, evenly spaced (all ranks hold the same list)
+    if cfg.logging.eval_every and cfg.reward.kind == "answer":
+        from rpt.eval.accuracy import select_evenly
+
+        eval_questions = select_evenly(load_fitting_questions(cfg, tokenizer, cfg.logging.eval_questions, 0),
+                                       cfg.logging.eval_max_samples)
 
     start_step, totals = 0, {"skipped_updates": 0, "train_compute": 0.0}
     if resume is not None:
@@ -271,7 +284,7 @@ def train(cfg: Config) -> list[dict]:
     if cfg.logging.eval_every and start_step == 0:
         if engine is not None:
             wake_engine()
-        metrics = evaluate_policy(policy, tokenizer, engine, cfg, 0)
+        metrics = evaluate_policy(policy, tokenizer, engine, cfg, 0, eval_questions)
         if rank == 0:
             log_step(out_dir, writer, 0, metrics, cfg)
     history = []
@@ -284,7 +297,7 @@ def train(cfg: Config) -> list[dict]:
         if cfg.logging.eval_every and (step + 1) % cfg.logging.eval_every == 0:
             if engine is not None:  # reasoning mode generates: the engine wakes first (the next step's wake is
                 wake_engine()  # then a no-op)
-            metrics.update(evaluate_policy(policy, tokenizer, engine, cfg, step + 1))
+            metrics.update(evaluate_policy(policy, tokenizer, engine, cfg, step + 1, eval_questions))
             if cfg.train.objective == "ntp":
                 metrics["eval/heldout_loss"] = ntp_eval_loss(
                     policy, heldout_windows, micro_batch_tokens=cfg.train.micro_batch_tokens,
@@ -429,7 +442,20 @@ def print_summary(out_dir: Path, exported: bool) -> None:
           f"plot {plot}", flush=True)
 
 
-def evaluate_policy(policy, tokenizer, engine: Engine, cfg: Config, step: int) -> dict[str, float]:
+def evaluate_policy(policy, tokenizer, engine: Engine, cfg: Config, step: int,
+                    eval_questions: list[Question] | None) -> dict[str, float]:
+    """RPT and NTP: next-token accuracy on the held-out splits (rpt.eval); RLVR: answer accuracy (avg@1) on
+    the held-out questions at the rollout's sampling settings (rpt.eval.math)."""
+    if cfg.reward.kind == "answer":
+        from rpt.eval.math import evaluate_math
+
+        result, _ = evaluate_math(tokenizer, engine, eval_questions, temperature=cfg.rollout.temperature,
+                                  top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_response_tokens,
+                                  seed=cfg.train.seed, step=step, chat=cfg.data.chat,
+                                  think_prefill=cfg.data.think_prefill, batch_size=len(eval_questions),
+                                  verify_timeout_s=cfg.reward.verify_timeout_s)
+        return {"eval/math/answer_acc": result["acc"], "eval/math/num_questions": float(result["num_questions"]),
+                "eval/math/verify_timeouts": float(result["verify_timeouts"])}
     from rpt.eval import evaluate
 
     results = evaluate(policy, tokenizer, engine, cfg.data.path, cfg.logging.eval_splits, mode=cfg.logging.eval_mode,

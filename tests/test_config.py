@@ -199,8 +199,11 @@ def test_downstream_presets_and_their_checks():
         (["--model.path=m", "--data.path=d", "--train.objective=ntp", "--logging.eval_every=2",
           "--logging.eval_mode=reasoning"], "eval_mode must be standard"),
         (["--model.path=m", "--reward.kind=answer", "--data.questions=q", "--logging.eval_every=2"],
-         "eval_every needs data.path"),
+         "eval_every with reward.kind=answer needs logging.eval_questions"),
+        (["--model.path=m", "--data.path=d", "--logging.eval_questions=q"], "eval_questions is read only with"),
     ]
+    load_config(None, ["--model.path=m", "--reward.kind=answer", "--data.questions=q", "--logging.eval_every=2",
+                       "--logging.eval_questions=h"])
     for overrides, message in checks:
         with pytest.raises(ConfigError, match=message):
             load_config(None, overrides)

@@ -56,3 +56,64 @@ def test_rlvr_pipeline_two_ranks_match_one_process(assets_dir, tmp_path):
     assert samples and all(len(s["responses"]) == len(s["rewards"]) == 2 for s in samples)
     for sample in samples:  # question ids count the file's records (none is bad): the reference is that row's
         assert sample["question_id"] < 12 and sample["answers"] == [rows[sample["question_id"]]["answer"]]
+
+
+class FiveAnsweringEngine:
+    """A stand-in rollout engine whose every sample ends its thinking and answers 5 (`</think>\\n\\boxed{5}`):
+    the held-out accuracy is then the share of held-out questions whose reference answer is 5, known in
+    advance. Generation is not what this test checks; the evaluation inside the loop is."""
+
+    def __init__(self, tokenizer):
+        self.answer = tokenizer.encode("</think>\n\\boxed{5}", add_special_tokens=False) + [tokenizer.eos_token_id]
+        self.calls = []
+
+    def generate(self, prompts, params, seeds=None):
+        from rpt.rollout.engine import Completion
+
+        self.calls.append((len(prompts), params.n))
+        return [[Completion(list(self.answer), None, "stop") for _ in range(params.n)] for _ in prompts]
+
+    def update_weights(self, named_tensors):
+        for _ in named_tensors:  # consume the stream, as a real engine does
+            pass
+
+    def sleep(self):
+        pass
+
+    def wake(self):
+        pass
+
+
+def test_rlvr_evaluates_held_out_questions_inside_the_loop(tmp_path, monkeypatch):
+    """RLVR with logging.eval_every: the answer accuracy on logging.eval_questions (evenly spaced, at most
+    logging.eval_max_samples) is logged at step 0 and every eval_every steps. Training questions all have
+    answer 5, held-out ones 5, 5, 5, 7, 9: the engine that always answers 5 earns reward 1 in training, and
+    0.75 on the 4 held-out questions evenly spaced over 5 (the first four), where all five would give 0.6."""
+    import rpt.train as trainer
+    from rpt.config import load_config
+
+    monkeypatch.delenv("RANK", raising=False)
+    train_file, eval_file = tmp_path / "train.jsonl", tmp_path / "heldout.jsonl"
+    train_file.write_text("".join(json.dumps({"problem": f"What is {i} + {5 - i}?", "answer": "5"}) + "\n"
+                                  for i in range(6)))
+    eval_file.write_text("".join(json.dumps({"problem": f"Held-out question {i}.", "answer": answer}) + "\n"
+                                 for i, answer in enumerate(["5", "5", "5", "7", "9"])))
+    engines = []
+    monkeypatch.setattr(trainer, "build_engine",
+                        lambda cfg, tokenizer, device: engines.append(FiveAnsweringEngine(tokenizer)) or engines[-1])
+    args = {"data.questions": train_file, "data.max_questions": 0, "train.output_dir": tmp_path / "run",
+            "train.steps": 2, "train.batch_size": 2, "train.mini_batch_size": 2, "rollout.n": 2,
+            "train.save_every": 0, "logging.tensorboard": False, "train.export_hf": False,
+            "logging.eval_every": 2, "logging.eval_questions": eval_file, "logging.eval_max_samples": 4}
+    cfg = load_config("launch/configs/rlvr_tiny.yaml", [f"--{k}={v}" for k, v in args.items()])
+    trainer.train(cfg)
+    metrics = read_metrics(tmp_path / "run")
+    assert sorted(metrics) == [0, 1, 2]
+    for step in (0, 2):
+        assert metrics[step]["eval/math/answer_acc"] == 0.75
+        assert metrics[step]["eval/math/num_questions"] == 4
+        assert metrics[step]["eval/math/verify_timeouts"] == 0
+    assert "eval/math/answer_acc" not in metrics[1]
+    assert metrics[1]["rollout/reward_mean"] == metrics[2]["rollout/reward_mean"] == 1.0
+    # one evaluation call per evaluation (4 questions, 1 sample each), one training call per step (2 x G=2)
+    assert engines[0].calls == [(4, 1), (2, 2), (2, 2), (4, 1)]
