@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rpt.data.mcq import LETTERS, ChoiceQuestion, reasoning_prompt_ids, standard_prompt_ids
+from rpt.data.mcq import LETTERS, ChoiceQuestion, standard_prompt_ids
 from rpt.dist import all_reduce
 from rpt.eval.accuracy import data_parallel_layout, format_mode_table, last_token_logits, shard_evenly
 from rpt.reward.extract import THINK_END, extract_prediction
 from rpt.reward.tokens import first_token_id, token_bytes
 from rpt.rollout.engine import Engine, SamplingParams
-from rpt.rollout.groups import response_text
+from rpt.rollout.groups import PromptSettings, generate_groups
 
 MODES = ("standard", "reasoning")
 # a box holding a letter, optionally in \text{}/\mathrm{}/parentheses, optionally followed by its option text
@@ -79,11 +79,6 @@ def extract_choice(response: str, num_options: int) -> int | None:
     return index if index < num_options else None
 
 
-def question_seed(seed: int, question: ChoiceQuestion) -> int:
-    """A 32-bit generation seed fixed by (seed, question): independent of rank and batch."""
-    return int(np.random.SeedSequence([seed, question.question_id]).generate_state(1)[0])
-
-
 def evaluate_choice(model, tokenizer, engine: Engine | None, questions: list[ChoiceQuestion], mode: str, *,
                     batch_size: int = 8, num_samples: int = 1, temperature: float = 0.8, top_p: float = 1.0,
                     max_tokens: int = 12288, seed: int = 0, chat: bool = True, think_prefill: bool = True
@@ -107,20 +102,21 @@ def evaluate_choice(model, tokenizer, engine: Engine | None, questions: list[Cho
         records = [{"question_id": q.question_id, "predicted": LETTERS[p], "answer": LETTERS[q.answer_index]}
                    for q, p, c in zip(share, predictions, counts) if c]
     else:
+        # the training's path (rpt.rollout.groups): prompt, per-question seed from (seed, step 0, question id),
+        # response text; padding copies are generated too, so ranks stay in lockstep
         params = SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+        prompt = PromptSettings(chat=chat, think_prefill=think_prefill)
         scores, records = [], []
         for start in range(0, len(share), batch_size):
-            batch = share[start:start + batch_size]
-            prompts = [reasoning_prompt_ids(tokenizer, q, chat, think_prefill) for q in batch]
-            outputs = engine.generate(prompts, params, seeds=[question_seed(seed, q) for q in batch])
-            for question, group, is_counted in zip(batch, outputs, counts[start:start + batch_size]):
-                responses = [response_text(tokenizer, completion) for completion in group]
-                chosen = [extract_choice(r, len(question.options)) for r in responses]
+            groups = generate_groups(engine, tokenizer, share[start:start + batch_size], prompt, params, "raw", seed)
+            for group, is_counted in zip(groups, counts[start:start + batch_size]):
+                question = group.sample
+                chosen = [extract_choice(r, len(question.options)) for r in group.responses]
                 scores.append(float(np.mean([c == question.answer_index for c in chosen])))
                 if is_counted:
                     records.append({"question_id": question.question_id, "answer": LETTERS[question.answer_index],
                                     "predicted": [LETTERS[c] if c is not None else None for c in chosen],
-                                    "responses": responses})
+                                    "responses": group.responses})
     categories = sorted({q.category for q in questions})
     sums = torch.zeros(2, len(categories), dtype=torch.float64)  # (correct, count) per category
     for question, score, is_counted in zip(share, scores, counts):

@@ -5,7 +5,9 @@
     reward (Eq. 3, or an Appendix A variant)
 
 and, for RLVR (Section 4.1), question -> R1 math prompt -> the same seeded generate -> response text ->
-answer reward (math-verify, rpt/reward/answer.py): an item of a batch is a `Sample` or a `Question`.
+answer reward (math-verify, rpt/reward/answer.py); zero-shot multiple choice in reasoning mode (Table 3)
+takes the same path up to the response text (rpt/eval/mcq.py reads the chosen letter from it). An item of a
+batch is a `Sample`, a `Question` or a `ChoiceQuestion`.
 
 so a context gets the same prompt, the same samples and the same score whether the trainer or an evaluation
 meets it (they used to build prompts, seeds and response text each their own way, and differed).
@@ -24,12 +26,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from rpt.data.mcq import ChoiceQuestion, reasoning_prompt_ids
 from rpt.data.prompts import build_prompt_ids, special_prefix_ids
 from rpt.data.questions import Question, build_question_prompt_ids
 from rpt.data.sample import Sample
 from rpt.reward import answer_rewards, compute_rewards, extract_prediction, first_token_id, token_bytes, token_text
 from rpt.reward.answer import shared_verifier
 from rpt.rollout.engine import Completion, Engine, SamplingParams
+
+Item = Sample | Question | ChoiceQuestion  # what a batch item can be (see above)
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class RewardSettings:
 @dataclass
 class Group:
     """One context and its G completions: the unit that dynamic sampling keeps or drops."""
-    sample: Sample | Question
+    sample: Item
     prompt_ids: list[int]
     completions: list[Completion]
     responses: list[str]  # what the reward sees: prefill (boxed extraction) + generated text
@@ -76,19 +81,22 @@ def make_prompt(tokenizer, context_ids: list[int], settings: PromptSettings) -> 
         context = context[excess:]
 
 
-def item_prompt(tokenizer, item: Sample | Question, settings: PromptSettings) -> list[int]:
-    """A sample's prompt (make_prompt), or a question's R1 math prompt (never cut: questions that do not fit
-    are dropped when loaded, rpt.data.questions.drop_long_questions)."""
+def item_prompt(tokenizer, item: Item, settings: PromptSettings) -> list[int]:
+    """A sample's prompt (make_prompt), a question's R1 math prompt (never cut: questions that do not fit
+    are dropped when loaded, rpt.data.questions.drop_long_questions) or a multiple-choice question's
+    reasoning-mode prompt."""
     if isinstance(item, Question):
         return build_question_prompt_ids(tokenizer, item.problem, settings.chat, settings.think_prefill)
+    if isinstance(item, ChoiceQuestion):
+        return reasoning_prompt_ids(tokenizer, item, settings.chat, settings.think_prefill)
     return make_prompt(tokenizer, item.context_ids, settings)
 
 
-def sample_seed(seed: int, sample: Sample | Question, step: int = 0, round_index: int = 0) -> int:
+def sample_seed(seed: int, sample: Item, step: int = 0, round_index: int = 0) -> int:
     """A 32-bit generation seed fixed by the sample's identity (document, position; a question's id) and
     (seed, step, round), not by the rank or batch position it lands in; SeedSequence keeps nearby identities'
     streams unrelated."""
-    identity = [sample.question_id] if isinstance(sample, Question) else [sample.doc_id, sample.position]
+    identity = [sample.doc_id, sample.position] if isinstance(sample, Sample) else [sample.question_id]
     return int(np.random.SeedSequence([seed, step, round_index, *identity]).generate_state(1)[0])
 
 
@@ -102,7 +110,7 @@ def response_text(tokenizer, completion: Completion, prefill: str = "") -> str:
     return prefill + token_text(tokenizer, ids)
 
 
-def generate_groups(engine: Engine, tokenizer, samples: list[Sample | Question], prompt: PromptSettings,
+def generate_groups(engine: Engine, tokenizer, samples: list[Item], prompt: PromptSettings,
                     params: SamplingParams, extraction: str, seed: int, step: int = 0,
                     round_index: int = 0) -> list[Group]:
     """B samples -> B groups of params.n completions each, every sample with its own seed.
