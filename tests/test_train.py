@@ -69,10 +69,16 @@ def test_two_ranks_match_one_process(tiny_data_dir, stories_dir, tmp_path):
     assert (run_dir / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(one) == sorted(two) == [0, 1, 2, 3]  # step 0: the eval before training
     for step in (1, 2, 3):
+        # step 1 starts from the same weights: equal to fp32 summation order. Later steps start from updates
+        # that differ where a gradient entry nearly cancels: AdamW's first step moves every entry by ~lr
+        # whatever its size, so an entry of ~1e-12 whose sign the summation order decides moves by +-lr
+        # (measured: grad norms 1.1e-4 and 4.6e-4 apart, relative, at steps 2 and 3, same sampled tokens)
+        tolerance = 1e-6 if step == 1 else 1e-3
         # the same rollouts; dense rewards are policy probabilities, computed by a sharded forward on 2 ranks
-        assert one[step]["rollout/reward_mean"] == pytest.approx(two[step]["rollout/reward_mean"], rel=1e-5)
+        assert one[step]["rollout/reward_mean"] == pytest.approx(two[step]["rollout/reward_mean"],
+                                                                 rel=max(tolerance, 1e-5))
         assert one[step]["train/grad_norm"] > 1e-3  # every step learns something
-        assert abs(one[step]["train/grad_norm"] - two[step]["train/grad_norm"]) <= 1e-5 * one[step]["train/grad_norm"]
+        assert abs(one[step]["train/grad_norm"] - two[step]["train/grad_norm"]) <= tolerance * one[step]["train/grad_norm"]
         assert two[step]["train/kl_ref"] == pytest.approx(one[step]["train/kl_ref"], rel=1e-3, abs=1e-9)
     assert one[3]["train/kl_ref"] > 1e-6
     for step in (0, 3):
@@ -83,14 +89,16 @@ def test_two_ranks_match_one_process(tiny_data_dir, stories_dir, tmp_path):
     initial = load_file(stories_dir / "model.safetensors")
     params_one = load_file(tmp_path / "one" / "hf" / "model.safetensors")
     params_two = load_file(tmp_path / "two" / "hf" / "model.safetensors")
-    largest = max((params_one[name] - initial[name]).abs().max().item() for name in params_one)
+    update_one = torch.cat([(params_one[name] - initial[name]).flatten() for name in sorted(initial)])  # (P,)
+    update_two = torch.cat([(params_two[name] - initial[name]).flatten() for name in sorted(initial)])  # (P,)
+    largest = update_one.abs().max().item()
     assert largest > 1e-4  # three AdamW steps at lr 1e-3 moved the weights
-    # the updates agree to 2% of the largest update: fp32 sums in another order, which AdamW amplifies where
-    # a gradient entry nearly cancels (length-bucketed micro-batches: 1 entry of 11,008 at 1.24%, while the
-    # gradient norms agree to 1e-6)
-    for name in params_one:
-        torch.testing.assert_close(params_two[name] - initial[name], params_one[name] - initial[name],
-                                   atol=2e-2 * largest, rtol=0, msg=name)
+    # the updates agree as a whole; single entries may not: fp32 sums in another order decide the sign of a
+    # gradient entry that nearly cancels, and AdamW moves such an entry by ~lr either way (measured: the
+    # difference is 5.9e-4 of the update's norm; 15 of 292,800 entries differ by over 1% of the largest
+    # entry, the worst by 5%)
+    assert (update_two - update_one).norm() <= 5e-3 * update_one.norm()
+    assert ((update_two - update_one).abs() > 2e-2 * largest).sum() <= 1e-3 * update_one.numel()
     samples = [json.loads(line) for line in (tmp_path / "two" / "samples.jsonl").read_text().splitlines()]
     assert samples and len(samples[0]["responses"]) == 4 and len(samples[0]["rewards"]) == 4
 

@@ -98,6 +98,65 @@ def test_hf_engine_legal_order_generates_with_the_pushed_weights(hf_engine):
     assert engine.device.type == "cpu" and next(engine.model.parameters()).device.type == "cpu"
 
 
+@pytest.mark.parametrize("top_p", [1.0, 0.9, 0.5, 0.05])
+def test_processed_logprobs_are_transformers_temperature_then_top_p(top_p):
+    """The decode loop's distribution equals transformers' own warpers (TemperatureLogitsWarper, then
+    TopPLogitsWarper) followed by log_softmax, kept tokens and masked ones alike."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from rpt.rollout.hf_engine import processed_logprobs
+
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0)) * 3  # (n, V)
+    scores = TemperatureLogitsWarper(0.7)(None, logits.clone())
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    expected = scores.log_softmax(dim=-1)
+    actual = processed_logprobs(logits, 0.7, top_p)
+    assert torch.equal(actual.isinf(), expected.isinf()) and (top_p == 1.0 or actual.isinf().any())
+    torch.testing.assert_close(actual[~actual.isinf()], expected[~expected.isinf()], rtol=0, atol=1e-6)
+
+
+def test_inverse_cdf_sampling_draws_each_token_at_its_probability():
+    """200,000 draws from a 6-token distribution with a zero-probability token (top-p's -inf) in the middle
+    and at the end: frequencies within 4 standard errors of the probabilities, the masked tokens never."""
+    from rpt.rollout.hf_engine import sample_inverse_cdf
+
+    probs = torch.tensor([0.05, 0.3, 0.0, 0.15, 0.5, 0.0])
+    logp = probs.log().expand(200_000, -1)  # (n, V), -inf where 0
+    tokens = sample_inverse_cdf(logp, torch.Generator().manual_seed(0))  # (n,)
+    frequencies = torch.bincount(tokens, minlength=6).double() / len(tokens)
+    standard_error = (probs.double() * (1 - probs.double()) / len(tokens)).sqrt()
+    assert frequencies[2] == frequencies[5] == 0
+    assert ((frequencies - probs.double()).abs() <= 4 * standard_error + 1e-12).all(), frequencies
+
+
+def test_inverse_cdf_draw_rounding_to_the_total_takes_the_last_token_of_nonzero_probability(monkeypatch):
+    """u * total can round up to the total (u < 1): the sampler must not return the masked token past it."""
+    import rpt.rollout.hf_engine as hf
+
+    monkeypatch.setattr(hf.torch, "rand", lambda *shape, **kwargs: torch.ones(*shape, dtype=kwargs.get("dtype")))
+    logp = torch.tensor([[0.0, 0.0, float("-inf")]]).log_softmax(dim=-1)  # (1, 3): 1/2, 1/2, 0
+    assert hf.sample_inverse_cdf(logp, torch.Generator()).tolist() == [1]
+
+
+def test_hf_engine_samples_do_not_depend_on_batching_and_logprobs_match_a_forward(hf_engine, stories_tokenizer):
+    """A prompt's samples depend on its seed alone (alone or batched with others), and each sampled token's
+    log-prob is the one a plain forward over prompt + response gives at temperature 0.8."""
+    engine = hf_engine()
+    prompts = [[1, 200, 300, 41], [1, 17, 90], [1, 5, 6, 7, 8, 9]]
+    params = SamplingParams(n=3, temperature=0.8, top_p=1.0, max_tokens=12)
+    together = engine.generate(prompts, params, seeds=[11, 12, 13])
+    alone = [engine.generate([prompt], params, seeds=[seed])[0] for prompt, seed in zip(prompts, [11, 12, 13])]
+    assert [[c.token_ids for c in group] for group in together] == [[c.token_ids for c in group] for group in alone]
+    assert len({tuple(c.token_ids) for c in together[0]}) > 1  # the n samples differ
+    for prompt, group in zip(prompts, together):
+        for completion in group:
+            ids = torch.tensor([prompt + completion.token_ids])
+            logits = engine.model(ids, use_cache=False).logits[0, len(prompt) - 1:-1]  # (T_new, V)
+            expected = (logits / 0.8).log_softmax(-1).gather(-1, torch.tensor(completion.token_ids)[:, None])
+            torch.testing.assert_close(torch.tensor(completion.logprobs), expected.squeeze(-1), rtol=0, atol=1e-4)
+
+
 # --- VLLMEngine against vLLM 0.32.0's semantics ------------------------------------------------------------
 
 class ScheduleHang(RuntimeError):
