@@ -12,8 +12,8 @@ every chunk).
 
 The checkpointing is written out as one autograd.Function rather than torch.utils.checkpoint around autograd
 ops: the backward of log_softmax + gather + entropy is a closed form on the (C, V) block, computed in place,
-so a chunk needs one (C, V) fp32 buffer (two with the entropy) where torch.utils.checkpoint around autograd
-ops needs ~5 (measured: at T = 512 a checkpointed 512-row chunk peaked at 1.86x the naive computation).
+so a chunk needs one (C, V) fp32 buffer (two with the entropy), reused by every chunk of a pass, where
+torch.utils.checkpoint around autograd ops needs ~5 (measured: at T = 512 a checkpointed 512-row chunk peaked at 1.86x the naive computation).
 
 Gradients, per row with z = logits / temperature, p = softmax(z), target y, upstream g (log-prob) and e
 (entropy):  d logp_y / dz = onehot(y) - p,  d H / dz = -p * (z - E_p[z]),  then d/dlogits = (.) / temperature.
@@ -26,11 +26,18 @@ Deviations from the paper: none (the paper does not describe how log-probs are c
 import torch
 
 
-def _chunk_logits(hidden: torch.Tensor, lm_head_weight: torch.Tensor, temperature: float) -> torch.Tensor:
-    """hidden (C, H), lm_head_weight (V, H) -> tempered logits (C, V) in fp32 (fp64 for fp64 inputs)."""
-    # Matmul in the weights' dtype (bf16 at scale), softmax in fp32: only (C, V) fp32 blocks ever exist.
-    compute_dtype = torch.promote_types(hidden.dtype, torch.float32)
-    return (hidden @ lm_head_weight.T).to(compute_dtype).div_(temperature)  # (C, V)
+def _chunk_logits(hidden: torch.Tensor, lm_head_weight: torch.Tensor, temperature: float,
+                  workspace: torch.Tensor) -> torch.Tensor:
+    """hidden (C, H), lm_head_weight (V, H) -> tempered logits (C, V) in fp32 (fp64 for fp64 inputs), written
+    into the first C rows of `workspace` (>= C, V), which every chunk of a pass reuses: a fresh (C, V) block
+    per chunk costs page faults on CPU (0.37 s for a 1,024 x 151,646 fp32 block, 10x filling it; CUDA's
+    caching allocator reuses blocks anyway, so both devices run this one path)."""
+    logits = workspace[: hidden.shape[0]]  # (C, V)
+    if hidden.dtype == lm_head_weight.dtype == logits.dtype:
+        torch.matmul(hidden, lm_head_weight.T, out=logits)
+    else:  # matmul in the weights' dtype (bf16 at scale), softmax in fp32: only (C, V) fp32 blocks persist
+        logits.copy_(hidden @ lm_head_weight.T)
+    return logits.div_(temperature)
 
 
 class _ChunkedTokenLogprobs(torch.autograd.Function):
@@ -43,21 +50,26 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         logp = torch.empty(rows, dtype=compute_dtype, device=hidden.device)  # (M,)
         entropy = torch.zeros(rows, dtype=compute_dtype, device=hidden.device)  # (M,)
         log_normalizer = torch.empty(rows, dtype=compute_dtype, device=hidden.device)  # (M,)
+        workspace = hidden.new_empty(min(chunk_size, rows), weight.shape[0], dtype=compute_dtype)  # (C, V)
+        exp_workspace = torch.empty_like(workspace) if with_entropy else None  # (C, V)
         for start in range(0, rows, chunk_size):
             chunk = slice(start, start + chunk_size)
-            logits = _chunk_logits(hidden[chunk], weight, temperature)  # (C, V)
+            logits = _chunk_logits(hidden[chunk], weight, temperature, workspace)  # (C, V)
             target_logit = logits.gather(-1, targets[chunk, None]).squeeze(-1)  # (C,)
+            row_max = logits.amax(dim=-1, keepdim=True)  # (C, 1)
+            shifted = logits.sub_(row_max)  # (C, V) z - max, in place
             if with_entropy:
-                log_normalizer[chunk] = torch.logsumexp(logits, dim=-1)
-                probs = (logits - log_normalizer[chunk, None]).exp_()  # (C, V)
-                entropy[chunk] = log_normalizer[chunk] - probs.mul_(logits).sum(dim=-1)  # H = log Z - E_p[z]
-                del probs
+                exp_shifted = torch.exp(shifted, out=exp_workspace[: shifted.shape[0]])  # (C, V)
+                sum_exp = exp_shifted.sum(dim=-1)  # (C,)
+                # E_p[z - max], in place (a sum, not a batched dot: its fp32 accumulation over V drifts ~1e-5)
+                expected_shifted = exp_shifted.mul_(shifted).sum(dim=-1) / sum_exp  # (C,)
+                log_normalizer[chunk] = sum_exp.log() + row_max.squeeze(-1)
+                entropy[chunk] = sum_exp.log() - expected_shifted  # H = log Z - E_p[z], both shifted by max
             else:
-                # log Z = max + log sum exp(z - max), in place: one (C, V) block in all.
-                row_max = logits.amax(dim=-1, keepdim=True)  # (C, 1)
-                log_normalizer[chunk] = logits.sub_(row_max).exp_().sum(dim=-1).log_() + row_max.squeeze(-1)
+                # log Z = max + log sum exp(z - max), in place: one (C, V) block in all
+                log_normalizer[chunk] = shifted.exp_().sum(dim=-1).log_() + row_max.squeeze(-1)
             logp[chunk] = target_logit - log_normalizer[chunk]
-            del logits  # free this block before the next chunk allocates its own
+        del workspace, exp_workspace  # the pass's blocks go before the backward allocates its own
         ctx.save_for_backward(hidden, weight, targets, log_normalizer)
         ctx.temperature, ctx.chunk_size, ctx.with_entropy = temperature, chunk_size, with_entropy
         ctx.mark_non_differentiable(log_normalizer)
@@ -81,16 +93,19 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         # (addmm out_dtype, tensor cores, no (V, H) temporary); CPU has no such kernel and no bf16 units, so it
         # multiplies the fp32 block by the upcast hidden chunk, its fast path anyway.
         gemm_writes_fp32 = weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16)
+        workspace = hidden.new_empty(min(ctx.chunk_size, hidden.shape[0]), weight.shape[0],
+                                     dtype=log_normalizer.dtype)  # (C, V)
+        probs_workspace = torch.empty_like(workspace) if grad_entropy is not None else None  # (C, V)
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             chunk = slice(start, start + ctx.chunk_size)
-            logits = _chunk_logits(hidden[chunk], weight, ctx.temperature)  # (C, V) recomputed: the checkpoint
+            logits = _chunk_logits(hidden[chunk], weight, ctx.temperature, workspace)  # (C, V) recomputed: the checkpoint
             if grad_entropy is not None:
-                probs = (logits - log_normalizer[chunk, None]).exp_()  # (C, V)
+                probs = torch.sub(logits, log_normalizer[chunk, None],
+                                  out=probs_workspace[: logits.shape[0]]).exp_()  # (C, V)
                 expected_logit = (probs.unsqueeze(1) @ logits.unsqueeze(2)).squeeze(2)  # (C, 1) E_p[z], no (C, V) temp
                 # -p * (g + e * (z - E_p[z])), built in place in the logits buffer
                 grad_logits = logits.sub_(expected_logit).mul_(grad_entropy[chunk, None])
                 grad_logits.add_(grad_logp[chunk, None]).mul_(probs).neg_()  # (C, V)
-                del probs
             else:
                 # -g * p, built in place in the logits buffer: one (C, V) block in all
                 grad_logits = logits.sub_(log_normalizer[chunk, None]).exp_().mul_(-grad_logp[chunk, None])
@@ -98,12 +113,12 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             grad_logits = grad_logits.div_(ctx.temperature)  # (C, V) d/d(h W^T), fp32
             if grad_weight is not None and not gemm_writes_fp32:
                 grad_weight.addmm_(grad_logits.T, hidden[chunk].to(grad_weight.dtype))  # (V, H) fp32 GEMM
-            grad_logits = grad_logits.to(weight.dtype)  # (C, V)
+            grad_logits = grad_logits.to(weight.dtype)  # (C, V): the workspace itself when the weight is fp32
             if grad_hidden is not None:
                 grad_hidden[chunk] = grad_logits @ weight
             if grad_weight is not None and gemm_writes_fp32:
                 torch.addmm(grad_weight, grad_logits.T, hidden[chunk], out_dtype=grad_weight.dtype, out=grad_weight)
-            del logits, grad_logits  # free this block before the next chunk allocates its own
+            del grad_logits  # a bf16 copy: free it before the next chunk makes its own
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)  # one rounding at the end, not one per chunk
         return grad_hidden, grad_weight, None, None, None, None
