@@ -8,7 +8,7 @@ p(x_t | context), of the initial and the exported final policy (no sampling nois
 seeds. With 32 stories (~5,000 contexts, each seen once) the per-step reward is dominated by which contexts
 were drawn and 60 steps move it less than its noise: measured 0.571 +- 0.043 -> 0.562 +- 0.022 at lr 1e-4.
 
-    python benchmarks/learning_check.py                     # 3 seeds, 1 process, ~3 min a seed
+    python benchmarks/learning_check.py                     # 3 seeds, 1 process, ~2 min a seed
     python benchmarks/learning_check.py --seeds 0 --nproc 2  # under torchrun, 2 ranks
     python benchmarks/learning_check.py --write-corpus assets/stories/stories.jsonl --stories 12
                                 # (re)writes the tiny default's vendored corpus (assets/stories/PROVENANCE)
