@@ -32,8 +32,10 @@ from rpt.rollout.engine import Completion, EngineState, Lifecycle, SamplingParam
 
 def processed_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """(n, V) logits -> (n, V) fp32 log-probs of the distribution sampled from: temperature, then top-p (tokens
-    whose cumulative probability in ascending order is <= 1 - top_p get -inf; the most likely token stays)."""
-    scores = logits.float() / temperature  # (n, V)
+    whose cumulative probability in ascending order is <= 1 - top_p get -inf; the most likely token stays).
+    Temperature 0 is greedy decoding (the caller takes the argmax), scored like vLLM: the untempered
+    log-softmax."""
+    scores = logits.float() / temperature if temperature > 0 else logits.float()  # (n, V)
     if top_p < 1.0:
         sorted_scores, order = scores.sort(dim=-1)  # ascending
         drop_sorted = sorted_scores.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p  # (n, V)
@@ -84,7 +86,7 @@ class HFEngine:
         tokens, logprobs = [], []
         for position in range(len(prompt), len(prompt) + params.max_tokens):
             logp = processed_logprobs(logits, params.temperature, params.top_p)  # (n, V)
-            token = sample_inverse_cdf(logp, generator)  # (n,)
+            token = sample_inverse_cdf(logp, generator) if params.temperature > 0 else logp.argmax(dim=-1)  # (n,)
             token = token.masked_fill(finished, self.pad_token_id)  # rows done: padding, cut in _completion
             tokens.append(token)
             logprobs.append(logp.gather(-1, token[:, None]).squeeze(-1))  # (n,)

@@ -157,6 +157,21 @@ def test_hf_engine_samples_do_not_depend_on_batching_and_logprobs_match_a_forwar
             torch.testing.assert_close(torch.tensor(completion.logprobs), expected.squeeze(-1), rtol=0, atol=1e-4)
 
 
+def test_hf_engine_temperature_zero_is_greedy(hf_engine):
+    """Temperature 0 (vLLM's greedy) takes the argmax at every step, whatever the seed, with the untempered
+    log-probs of the chosen tokens."""
+    engine = hf_engine()
+    prompt = [1, 200, 300, 41]
+    greedy = SamplingParams(n=2, temperature=0.0, max_tokens=6)
+    first, second = engine.generate([prompt], greedy, seeds=[1])[0], engine.generate([prompt], greedy, seeds=[2])[0]
+    assert first[0].token_ids == first[1].token_ids == second[0].token_ids
+    ids = list(prompt)
+    for token, logprob in zip(first[0].token_ids, first[0].logprobs):
+        logp = engine.model(torch.tensor([ids]), use_cache=False).logits[0, -1].log_softmax(-1)  # (V,)
+        assert token == int(logp.argmax()) and abs(logprob - float(logp[token])) < 1e-4
+        ids.append(token)
+
+
 # --- VLLMEngine against vLLM 0.32.0's semantics ------------------------------------------------------------
 
 class ScheduleHang(RuntimeError):
