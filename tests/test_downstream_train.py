@@ -8,7 +8,12 @@ import json
 import pytest
 
 from tests.conftest import run_torchrun
-from tests.test_train import TRAIN, read_metrics, run_single_process
+from tests.test_train import TRAIN, ScriptedEngine, read_metrics, run_single_process
+
+
+def preset_args(preset: str, overrides: dict) -> list[str]:
+    """launch/train.py's arguments: a preset of launch/configs and --section.key=value overrides."""
+    return ["--config", f"launch/configs/{preset}.yaml"] + [f"--{k}={v}" for k, v in overrides.items()]
 
 
 def ntp_args(data_dir, out_dir) -> list[str]:
@@ -16,7 +21,7 @@ def ntp_args(data_dir, out_dir) -> list[str]:
             "train.mini_batch_size": 4, "data.window_tokens": 32, "train.micro_batch_tokens": 70,
             "train.save_every": 2, "logging.tensorboard": False, "logging.eval_every": 3,
             "logging.eval_max_samples": 8}
-    return ["--config", "launch/configs/ntp_tiny.yaml"] + [f"--{k}={v}" for k, v in args.items()]
+    return preset_args("ntp_tiny", args)
 
 
 def test_ntp_two_ranks_match_one_process(tiny_data_dir, tmp_path):
@@ -40,7 +45,7 @@ def rlvr_args(assets_dir, out_dir) -> list[str]:
             "train.mini_batch_size": 4, "rollout.n": 2, "rollout.max_response_tokens": 4,
             "train.micro_batch_tokens": 1024, "train.save_every": 0, "logging.tensorboard": False,
             "logging.samples_every": 1}
-    return ["--config", "launch/configs/rlvr_tiny.yaml"] + [f"--{k}={v}" for k, v in args.items()]
+    return preset_args("rlvr_tiny", args)
 
 
 def test_rlvr_pipeline_two_ranks_match_one_process(assets_dir, tmp_path):
@@ -58,36 +63,11 @@ def test_rlvr_pipeline_two_ranks_match_one_process(assets_dir, tmp_path):
         assert sample["question_id"] < 12 and sample["answers"] == [rows[sample["question_id"]]["answer"]]
 
 
-class FiveAnsweringEngine:
-    """A stand-in rollout engine whose every sample ends its thinking and answers 5 (`</think>\\n\\boxed{5}`):
-    the held-out accuracy is then the share of held-out questions whose reference answer is 5, known in
-    advance. Generation is not what this test checks; the evaluation inside the loop is."""
-
-    def __init__(self, tokenizer):
-        self.answer = tokenizer.encode("</think>\n\\boxed{5}", add_special_tokens=False) + [tokenizer.eos_token_id]
-        self.calls = []
-
-    def generate(self, prompts, params, seeds=None):
-        from rpt.rollout.engine import Completion
-
-        self.calls.append((len(prompts), params.n))
-        return [[Completion(list(self.answer), None, "stop") for _ in range(params.n)] for _ in prompts]
-
-    def update_weights(self, named_tensors):
-        for _ in named_tensors:  # consume the stream, as a real engine does
-            pass
-
-    def sleep(self):
-        pass
-
-    def wake(self):
-        pass
-
-
 def test_rlvr_evaluates_held_out_questions_inside_the_loop(tmp_path, monkeypatch):
     """RLVR with logging.eval_every: the answer accuracy on logging.eval_questions (evenly spaced, at most
     logging.eval_max_samples) is logged at step 0 and every eval_every steps. Training questions all have
-    answer 5, held-out ones 5, 5, 5, 7, 9: the engine that always answers 5 earns reward 1 in training, and
+    answer 5, held-out ones 5, 5, 5, 7, 9: a scripted engine whose every sample ends its thinking and
+    answers 5 (generation is not what this checks) earns reward 1 in training, and
     0.75 on the 4 held-out questions evenly spaced over 5 (the first four), where all five would give 0.6."""
     import rpt.train as trainer
     from rpt.config import load_config
@@ -99,13 +79,14 @@ def test_rlvr_evaluates_held_out_questions_inside_the_loop(tmp_path, monkeypatch
     eval_file.write_text("".join(json.dumps({"problem": f"Held-out question {i}.", "answer": answer}) + "\n"
                                  for i, answer in enumerate(["5", "5", "5", "7", "9"])))
     engines = []
-    monkeypatch.setattr(trainer, "build_engine",
-                        lambda cfg, tokenizer, device: engines.append(FiveAnsweringEngine(tokenizer)) or engines[-1])
+    monkeypatch.setattr(trainer, "build_engine", lambda cfg, tokenizer, device: engines.append(
+        ScriptedEngine(tokenizer, answers=["</think>\n\\boxed{5}"])) or engines[-1])
     args = {"data.questions": train_file, "data.max_questions": 0, "train.output_dir": tmp_path / "run",
             "train.steps": 2, "train.batch_size": 2, "train.mini_batch_size": 2, "rollout.n": 2,
             "train.save_every": 0, "logging.tensorboard": False, "train.export_hf": False,
             "logging.eval_every": 2, "logging.eval_questions": eval_file, "logging.eval_max_samples": 4}
-    cfg = load_config("launch/configs/rlvr_tiny.yaml", [f"--{k}={v}" for k, v in args.items()])
+    argv = preset_args("rlvr_tiny", args)
+    cfg = load_config(argv[1], argv[2:])
     trainer.train(cfg)
     metrics = read_metrics(tmp_path / "run")
     assert sorted(metrics) == [0, 1, 2]

@@ -287,18 +287,22 @@ def test_round_cap_error_on_one_rank_reaches_every_rank(tiny_data_dir, tmp_path)
 
 
 class ScriptedEngine:
-    """A stand-in for the rollout engine that answers in the paper's format: half the samples of every prompt
-    close the box on the right next token (" a}" after the prefilled `</think>\\n\\boxed{`), half on a wrong
-    one (" b}"). Generation is not what this test checks; the path from responses to an update is."""
+    """A stand-in for the rollout engine whose sample i of every prompt is answers[i % len(answers)] + EOS; it
+    records each generate call as (prompts, n). Generation is not what the tests using it check; the path
+    from responses to rewards, evaluation and an update is. Default: the paper's format, half the samples
+    closing the box on the right next token (" a}" after the prefilled `</think>\\n\\boxed{`), half on a
+    wrong one (" b}")."""
 
-    def __init__(self, tokenizer):
-        self.right = tokenizer.encode(" a}", add_special_tokens=False) + [tokenizer.eos_token_id]
-        self.wrong = tokenizer.encode(" b}", add_special_tokens=False) + [tokenizer.eos_token_id]
+    def __init__(self, tokenizer, answers=(" a}", " b}")):
+        self.answers = [tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id]
+                        for answer in answers]
+        self.calls = []
 
     def generate(self, prompts, params, seeds=None):
         from rpt.rollout.engine import Completion
 
-        return [[Completion(list(self.right if i % 2 == 0 else self.wrong), None, "stop") for i in range(params.n)]
+        self.calls.append((len(prompts), params.n))
+        return [[Completion(list(self.answers[i % len(self.answers)]), None, "stop") for i in range(params.n)]
                 for _ in prompts]
 
     def update_weights(self, named_tensors):
