@@ -111,7 +111,7 @@ def bench_update(args) -> None:
     from rpt.config import Config
     from rpt.fsdp import build_policy
     from rpt.model import build_tiny_qwen2, load_model
-    from rpt.train import update_settings
+    from rpt.build import update_settings
     from rpt.update import update_policy
 
     torch.set_num_threads(args.threads)
@@ -383,7 +383,7 @@ def rss_worker(train_args: list[str]) -> None:
         return engine
 
     baseline_mb = read_status_mb("VmRSS")
-    trainer.build_policy = timed_phase("build policy", trainer.build_policy)
+    trainer.build_train_policy = timed_phase("build policy", trainer.build_train_policy)
     trainer.build_engine = build_engine
     trainer.collect_rollouts = timed_phase("rollouts", trainer.collect_rollouts)
     trainer.update_policy = timed_phase("update", trainer.update_policy)

@@ -42,33 +42,46 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rpt.config import at_least  # noqa: E402
+from rpt.cli import at_least  # noqa: E402
+
+
+def setup(args, overrides: list[str], max_response_tokens: int | None = None):
+    """The model-evaluating subcommands' start: config (--config + overrides; the model's paths checked, and
+    the prepared data's where no response budget is given: accuracy reads the data, math and mcq their own
+    files), ranks, tokenizer, output directory -> (cfg, rank, device, tokenizer, out_dir)."""
+    from rpt.cli import check_model_paths, check_paths
+    from rpt.config import ConfigError, load_config
+    from rpt.dist import init_distributed
+    from rpt.model import load_tokenizer
+
+    try:
+        cfg = load_config(args.config, overrides)
+        (check_paths if max_response_tokens is None else check_model_paths)(cfg)
+    except ConfigError as error:
+        raise SystemExit(f"config error: {error}") from None
+    cfg.rollout.sleep_level = 0  # evaluation never trains: the engine keeps its memory
+    if max_response_tokens is not None:
+        cfg.rollout.max_response_tokens = max_response_tokens  # sizes the vLLM context: prompt + response
+    rank, _, device = init_distributed()
+    tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path)
+    out_dir = Path(args.out) if args.out else None
+    if out_dir and rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    return cfg, rank, device, tokenizer, out_dir
 
 
 def run_accuracy(args, overrides: list[str]) -> None:
     import dataclasses
 
-    import torch.distributed as dist
-
-    from rpt.config import ConfigError, check_paths, load_config
+    from rpt.build import build_engine, build_eval_model, prompt_settings, sampling_params
     from rpt.data.samples_io import check_vocabulary, describe_split_scorer, read_manifest, read_samples
-    from rpt.dist import init_distributed, print0
-    from rpt.eval.accuracy import (data_parallel_layout, evaluate_split, format_accuracy_table,
-                                   reduce_split_results, select_evenly)
-    from rpt.model import load_model, load_tokenizer
-    from rpt.train import build_engine, prompt_settings, sampling_params
+    from rpt.dist import print0
+    from rpt.eval.accuracy import (data_parallel_layout, evaluate_split, format_accuracy_table, reduce_split_results,
+                                   rows_of_summary, select_evenly, write_sample_records)
 
-    try:
-        cfg = load_config(args.config, overrides)
-        check_paths(cfg)
-    except ConfigError as error:
-        raise SystemExit(f"config error: {error}") from None
-    # evaluation never trains: the engine keeps its memory (no sleep), the model its dtype
-    cfg.rollout.sleep_level = 0
-    rank, world_size, device = init_distributed()
+    cfg, rank, device, tokenizer, out_dir = setup(args, overrides)
     manifest = read_manifest(cfg.data.path)
     print0(describe_split_scorer(manifest))  # the buckets depend on it (the paper: R1-Distill-Qwen-14B)
-    tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path)
     try:
         check_vocabulary(cfg.data.path, tokenizer)  # before the model loads
     except ValueError as error:
@@ -82,12 +95,7 @@ def run_accuracy(args, overrides: list[str]) -> None:
     for split in empty:
         print0(f"split '{split}' of {cfg.data.path} is empty (no held-out position above its entropy threshold): "
                "left out of the results")
-    model = None
-    if "standard" in args.mode:
-        # bf16 where the GPU run computes in it, fp32 on CPU (no bf16 matmul instructions there)
-        model = load_model(cfg.model.path, dtype=cfg.model.param_dtype if device.type == "cuda" else "float32",
-                           attn_implementation=cfg.model.attn_implementation, device=device)
-        model.eval()
+    model = build_eval_model(cfg, device) if "standard" in args.mode else None
     engine = build_engine(cfg, tokenizer, device) if "reasoning" in args.mode else None
     name = args.name or Path(cfg.model.path).resolve().name
     settings = {"config": args.config, "overrides": overrides,
@@ -95,11 +103,8 @@ def run_accuracy(args, overrides: list[str]) -> None:
     summary = {"name": name, "model": str(cfg.model.path), "data": str(cfg.data.path), "settings": settings,
                "config": {section: dataclasses.asdict(getattr(cfg, section)) for section in ("data", "rollout",
                                                                                                "reward")},
-               "empty_splits": empty, "results": {}}
-    summary["split_scorer"] = manifest.get("split_proxy", manifest["proxy"])  # which model drew the buckets
-    out_dir = Path(args.out) if args.out else None
-    if out_dir and rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
+               "empty_splits": empty, "results": {},
+               "split_scorer": manifest.get("split_proxy", manifest["proxy"])}  # which model drew the buckets
     for mode in args.mode:
         shard, num_shards, counted = data_parallel_layout(engine, mode)
         results, records = {}, []
@@ -116,7 +121,7 @@ def run_accuracy(args, overrides: list[str]) -> None:
                 records += [{"split": split, **record} for record in results[split].records]
         summary["results"][mode] = reduce_split_results(results, counted)
         if out_dir:
-            write_records(out_dir, mode, records, rank, world_size, dist)
+            write_sample_records(out_dir, mode, records)
     print0(format_accuracy_table(rows_of_summary(summary), args.splits))
     print0(describe_split_scorer(manifest))
     if out_dir and rank == 0:
@@ -124,46 +129,8 @@ def run_accuracy(args, overrides: list[str]) -> None:
         print0(f"wrote {out_dir / 'accuracy.json'}")
 
 
-def write_records(out_dir: Path, mode: str, records: list[dict], rank: int, world_size: int, dist) -> None:
-    """Per-sample output of every rank, gathered to rank 0: standard_predictions.jsonl (one line per sample)
-    or reasoning_responses.jsonl (one line per response, field "response", for the patterns command)."""
-    if world_size > 1:
-        gathered = [None] * world_size
-        dist.all_gather_object(gathered, records)
-        records = [record for rank_records in gathered for record in rank_records]
-    if rank != 0:
-        return
-    records.sort(key=lambda record: (record["split"], record["doc_id"], record["position"]))
-    if mode == "standard":
-        path = out_dir / "standard_predictions.jsonl"
-        lines = [json.dumps(record) for record in records]
-    else:
-        path = out_dir / "reasoning_responses.jsonl"
-        lines = [json.dumps({"split": record["split"], "doc_id": record["doc_id"], "position": record["position"],
-                             "sample_index": index, "response": response, "correct": correct})
-                 for record in records
-                 for index, (response, correct) in enumerate(zip(record["responses"], record["correct"]))]
-    # json.dumps escapes the lone surrogates a response cut inside a UTF-8 character holds (token_text).
-    path.write_text("".join(line + "\n" for line in lines))
-    print(f"wrote {path} ({len(lines)} lines)", flush=True)
-
-
-def rows_of_summary(summary: dict) -> list[tuple[str, str, dict[str, float]]]:
-    """accuracy.json -> Table 1 rows: (mode, name, {split: accuracy}); reasoning Pass@k gets a row of its own."""
-    rows = []
-    for mode, metrics in summary["results"].items():
-        splits = sorted({key.split("/")[0] for key in metrics})
-        rows.append((mode, summary["name"], {split: metrics[f"{split}/{mode}_acc"] for split in splits}))
-        pass_metrics = sorted({key.split("/", 1)[1] for key in metrics if "/reasoning_pass@" in key})
-        for metric in pass_metrics:
-            k = metric.split("@")[1]
-            rows.append((mode, f"{summary['name']} (Pass@{k})",
-                         {split: metrics[f"{split}/{metric}"] for split in splits}))
-    return rows
-
-
 def run_table(args) -> None:
-    from rpt.eval.accuracy import format_accuracy_table
+    from rpt.eval.accuracy import format_accuracy_table, rows_of_summary
 
     summaries = [json.loads(Path(path).read_text()) for path in args.files]
     rows = [row for summary in summaries for row in rows_of_summary(summary)]
@@ -227,59 +194,30 @@ def run_patterns(args) -> None:
         print(f"wrote {args.out}")
 
 
-def _downstream_setup(args, overrides: list[str], max_response_tokens: int):
-    """Config (with the evaluation's response budget), ranks, tokenizer, and the output directory."""
-    from rpt.config import ConfigError, load_config
-    from rpt.dist import init_distributed
-    from rpt.model import load_tokenizer
+def gathered(records: list[dict]) -> list[dict]:
+    """Every rank's records, in rank order."""
+    from rpt.dist import all_gather_objects
 
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as error:
-        raise SystemExit(f"config error: {error}") from None
-    cfg.rollout.sleep_level = 0  # evaluation never trains: the engine keeps its memory
-    cfg.rollout.max_response_tokens = max_response_tokens  # sizes the vLLM context: prompt + response
-    rank, world_size, device = init_distributed()
-    tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path)
-    out_dir = Path(args.out) if args.out else None
-    if out_dir and rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    return cfg, rank, world_size, device, tokenizer, out_dir
-
-
-def _gather(records: list[dict], world_size: int) -> list[dict]:
-    import torch.distributed as dist
-
-    if world_size == 1:
-        return records
-    gathered = [None] * world_size
-    dist.all_gather_object(gathered, records)
-    return [record for rank_records in gathered for record in rank_records]
+    return [record for rank_records in all_gather_objects(records) for record in rank_records]
 
 
 def run_math(args, overrides: list[str]) -> None:
-    from rpt.data.questions import drop_long_questions, load_questions
+    from rpt.build import build_engine, load_fitting_questions
     from rpt.dist import print0
     from rpt.eval.math import evaluate_math
-    from rpt.train import build_engine
 
-    cfg, rank, world_size, device, tokenizer, out_dir = _downstream_setup(args, overrides, args.max_tokens)
+    cfg, rank, device, tokenizer, out_dir = setup(args, overrides, args.max_tokens)
     path = args.questions or cfg.data.questions
     if not path:
         raise SystemExit("math needs --questions or data.questions in the config")
-    fields = {"problem": cfg.data.question_field, "answer": cfg.data.answer_field}
-    questions, report = load_questions(path, fields, max_questions=args.max_questions)
-    questions, dropped = drop_long_questions(questions, tokenizer, cfg.data.max_prompt_tokens, cfg.data.chat,
-                                             cfg.data.think_prefill)
-    print0(f"{len(questions)} questions from {path} ({report.num_bad} bad records skipped, {len(dropped)} over "
-           f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} dropped)")
+    questions = load_fitting_questions(cfg, tokenizer, path, args.max_questions)
     engine = build_engine(cfg, tokenizer, device)
     result, records = evaluate_math(
         tokenizer, engine, questions, num_samples=args.num_samples, pass_k=tuple(args.pass_k),
         temperature=args.temperature, top_p=cfg.rollout.top_p, max_tokens=args.max_tokens, seed=cfg.train.seed,
         chat=cfg.data.chat, think_prefill=cfg.data.think_prefill, batch_size=args.batch_size,
         verify_timeout_s=cfg.reward.verify_timeout_s)
-    records = _gather(records, world_size)
+    records = gathered(records)
     name = args.name or Path(cfg.model.path).resolve().name
     print0(f"{name}: accuracy {100 * result['acc']:.1f} (mean over {args.num_samples} samples of "
            f"{result['num_questions']} questions)" + "".join(f" | pass@{k} {100 * result[f'pass@{k}']:.1f}"
@@ -294,19 +232,15 @@ def run_math(args, overrides: list[str]) -> None:
 
 
 def run_mcq(args, overrides: list[str]) -> None:
+    from rpt.build import build_engine, build_eval_model
     from rpt.data.mcq import load_choice_questions
     from rpt.dist import print0
     from rpt.eval.mcq import evaluate_choice, format_choice_table, write_choice_results
-    from rpt.model import load_model
-    from rpt.train import build_engine
 
-    cfg, rank, world_size, device, tokenizer, out_dir = _downstream_setup(args, overrides, args.max_tokens)
+    cfg, rank, device, tokenizer, out_dir = setup(args, overrides, args.max_tokens)
     questions, report = load_choice_questions(args.file, args.schema, max_per_category=args.max_per_category)
     print0(f"{len(questions)} questions from {args.file} ({report.num_bad} bad records skipped)")
-    model = None
-    if "standard" in args.mode:
-        model = load_model(cfg.model.path, dtype=cfg.model.param_dtype if device.type == "cuda" else "float32",
-                           attn_implementation=cfg.model.attn_implementation, device=device)
+    model = build_eval_model(cfg, device) if "standard" in args.mode else None
     engine = build_engine(cfg, tokenizer, device) if "reasoning" in args.mode else None
     name = args.name or Path(cfg.model.path).resolve().name
     rows, categories = [], sorted({q.category for q in questions})
@@ -315,12 +249,26 @@ def run_mcq(args, overrides: list[str]) -> None:
             model, tokenizer, engine, questions, mode, batch_size=args.batch_size, num_samples=args.num_samples,
             temperature=args.temperature, top_p=cfg.rollout.top_p, max_tokens=args.max_tokens, seed=cfg.train.seed,
             chat=cfg.data.chat, think_prefill=cfg.data.think_prefill)
-        records = _gather(records, world_size)
+        records = gathered(records)
         rows.append((mode, name, {**{c: result["categories"][c]["acc"] for c in categories},
                                   "Overall": result["overall"]}))
         if out_dir and rank == 0:
             write_choice_results(out_dir / f"{args.schema}_{mode}.json", args.schema, mode, name, result, records)
     print0(format_choice_table(rows, categories + ["Overall"]))
+
+
+def add_generation_flags(command, items: str, *, temperature: float, max_tokens: int, batch_size: int,
+                         out: str) -> None:
+    """The downstream commands' shared flags, with the paper's sampling settings of each as defaults."""
+    command.add_argument("--config", required=True, help="a preset (e.g. rlvr_14b.yaml) or a run's config.yaml")
+    command.add_argument("--num-samples", type=int, default=1, help=f"responses per {items[:-1]} (accuracy = their "
+                                                                    "mean)")
+    command.add_argument("--temperature", type=float, default=temperature, help=f"the paper's: {temperature}")
+    command.add_argument("--max-tokens", type=int, default=max_tokens, help=f"response budget; the paper's: "
+                                                                            f"{max_tokens:,}")
+    command.add_argument("--batch-size", type=int, default=batch_size, help=f"{items} per forward / generate call")
+    command.add_argument("--name", default="", help="row name (default: the model directory)")
+    command.add_argument("--out", default="", help=f"directory for {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,32 +318,22 @@ def build_parser() -> argparse.ArgumentParser:
     math = commands.add_parser(
         "math", help="math accuracy and pass@k on a question file (Table 2)",
         description="Model, prompt and reward settings come from --config and --section.key=value overrides.")
-    math.add_argument("--config", required=True, help="a preset (e.g. rlvr_14b.yaml) or a run's config.yaml")
     math.add_argument("--questions", default="", help="question file or directory (default: data.questions)")
     math.add_argument("--max-questions", type=int, default=0, help="the first N questions (0: all)")
-    math.add_argument("--num-samples", type=int, default=1, help="responses per question (accuracy = their mean)")
     math.add_argument("--pass-k", type=int, nargs="*", default=[], help="pass@k for these k <= num-samples")
-    math.add_argument("--temperature", type=float, default=0.6, help="the paper's: 0.6")
-    math.add_argument("--max-tokens", type=int, default=32000, help="response budget; the paper's: 32,000")
-    math.add_argument("--batch-size", type=int, default=16, help="questions per generate call")
-    math.add_argument("--name", default="", help="row name (default: the model directory)")
-    math.add_argument("--out", default="", help="directory for math.json (results and every response)")
+    add_generation_flags(math, "questions", temperature=0.6, max_tokens=32000, batch_size=16,
+                         out="math.json (results and every response)")
     math.set_defaults(func=run_math)
 
     mcq = commands.add_parser(
         "mcq", help="zero-shot multiple choice, overall and per category (Table 3, Appendix C)",
         description="Model and prompt settings come from --config and --section.key=value overrides.")
-    mcq.add_argument("--config", required=True, help="a preset or a run's config.yaml")
     mcq.add_argument("--file", required=True, help="MMLU-Pro or SuperGPQA .jsonl/.parquet file or directory")
     mcq.add_argument("--schema", choices=["mmlu_pro", "supergpqa"], required=True)
     mcq.add_argument("--mode", nargs="+", choices=["standard", "reasoning"], default=["standard"])
     mcq.add_argument("--max-per-category", type=int, default=0, help="the first N of each category (paper: 200)")
-    mcq.add_argument("--num-samples", type=int, default=1, help="reasoning: responses per question")
-    mcq.add_argument("--temperature", type=float, default=0.8, help="reasoning; the paper's: 0.8")
-    mcq.add_argument("--max-tokens", type=int, default=12288, help="reasoning; the paper's: 12,288")
-    mcq.add_argument("--batch-size", type=int, default=8, help="questions per forward / generate call")
-    mcq.add_argument("--name", default="", help="row name (default: the model directory)")
-    mcq.add_argument("--out", default="", help="directory for <schema>_<mode>.json")
+    add_generation_flags(mcq, "questions", temperature=0.8, max_tokens=12288, batch_size=8,
+                         out="<schema>_<mode>.json")
     mcq.set_defaults(func=run_mcq)
     return parser
 

@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing rpt
+from rpt.cli import at_least  # noqa: E402
 from rpt.data.entropy import DEFAULT_TRAIN_THRESHOLD, TOP_K  # noqa: E402
 from rpt.data.prepare import prepare  # noqa: E402
-from rpt.config import at_least  # noqa: E402
 from rpt.dist import cleanup, init_distributed  # noqa: E402
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rpt.config import ConfigError, check_paths, check_training_splits, load_config  # noqa: E402
+from rpt.cli import check_paths, check_training_splits  # noqa: E402
+from rpt.config import ConfigError, load_config  # noqa: E402
 
 
 def main(argv: list[str]) -> None:

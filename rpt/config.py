@@ -8,16 +8,14 @@ Deviation from the paper's wording: "actor gradient clip 0.2" is read as the gra
 (`train.grad_clip`, verl's `actor.grad_clip`); with exact on-policy updates the PPO ratio is always 1, so a
 clip *ratio* would do nothing. The PPO clip ratios (`grpo.clip_low`, `grpo.clip_high`) are 0.2 as well.
 """
-import argparse
 import dataclasses
 import importlib.util
-import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 
@@ -31,6 +29,7 @@ class ModelConfig:
     reduce_dtype: Literal["float32", "bfloat16"] = "float32"  # FSDP gradient reduce-scatter dtype
     activation_checkpointing: bool = True
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"  # flash: the flash-attn package
+    RANGES: ClassVar[dict] = {}  # the Literal types say it all
 
 
 @dataclass
@@ -51,6 +50,10 @@ class DataConfig:
     max_questions: int = 0  # > 0: the first that many questions (the paper trains on 256)
     # continual NTP (train.objective=ntp): target tokens per window of a train document (rpt/data/windows.py)
     window_tokens: int = 4096
+    # ranges that types alone cannot express, checked by validate(): field -> (test, requirement)
+    RANGES: ClassVar[dict] = {
+        "max_prompt_tokens": (lambda x: x > 0, "> 0"),
+    }
 
 
 @dataclass
@@ -66,6 +69,16 @@ class RolloutConfig:
     enforce_eager: bool = False
     sleep_level: Literal[0, 1, 2] = 1  # 0: never sleep; 1: drop KV cache, offload weights; 2: drop both
     offload_optimizer: bool = True  # move AdamW state to CPU while the engine generates
+    # ranges that types alone cannot express, checked by validate(): field -> (test, requirement)
+    RANGES: ClassVar[dict] = {
+        "n": (lambda x: x >= 2, ">= 2: group-normalized advantages need several samples"),
+        "temperature": (lambda x: math.isfinite(x) and x > 0, "finite and > 0"),
+        "top_p": (lambda x: 0 < x <= 1, "in (0, 1]"),
+        "max_response_tokens": (lambda x: x > 0, "> 0"),
+        "tensor_parallel_size": (lambda x: x >= 1, ">= 1"),
+        "gpu_memory_utilization": (lambda x: 0 < x <= 1, "in (0, 1]"),
+        "kv_cache_memory_bytes": (lambda x: x >= 0, ">= 0"),
+    }
 
 
 @dataclass
@@ -75,6 +88,10 @@ class RewardConfig:
     extraction: Literal["boxed", "raw"] = "boxed"  # raw: the generated text itself is the prediction
     penalty: float = 0.0  # conditional_dense: groups with no correct sample get -penalty (Appendix A)
     verify_timeout_s: float = 5.0  # answer: time limit per math-verify comparison (reward 0, counted)
+    # ranges that types alone cannot express, checked by validate(): field -> (test, requirement)
+    RANGES: ClassVar[dict] = {
+        "penalty": (lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
+    }
 
 
 @dataclass
@@ -93,6 +110,18 @@ class GRPOConfig:
     on_round_cap: Literal["error", "partial"] = "partial"  # at the cap: fail, or train on what was kept
     tis_cap: float = 0.0  # > 0: truncated importance sampling against the engine's log-probs (not in paper)
     logprob_chunk_size: int = 1024  # tokens per chunk of the lm_head + log-softmax
+    # ranges that types alone cannot express, checked by validate(): field -> (test, requirement)
+    RANGES: ClassVar[dict] = {
+        "adv_eps": (lambda x: math.isfinite(x) and x > 0, "finite and > 0"),
+        "clip_low": (lambda x: 0 <= x < 1, "in [0, 1)"),
+        "clip_high": (lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
+        "kl_coef": (lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
+        "entropy_coef": (math.isfinite, "finite"),
+        "dynamic_sampling_start_step": (lambda x: x >= 0, ">= 0"),
+        "max_generation_rounds": (lambda x: x >= 1, ">= 1"),
+        "tis_cap": (lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
+        "logprob_chunk_size": (lambda x: x > 0, "> 0"),
+    }
 
 
 @dataclass
@@ -117,6 +146,22 @@ class TrainConfig:
     overwrite: bool = False  # a fresh run may delete another run's files in output_dir (rpt/run_dir.py)
     export_hf: bool = True  # write the final policy as an HF directory to output_dir/hf
     dist_timeout_minutes: float = 120.0  # a collective waiting longer fails the job (NCCL's default: 10)
+    # ranges that types alone cannot express, checked by validate(): field -> (test, requirement)
+    RANGES: ClassVar[dict] = {
+        "steps": (lambda x: x >= 0, ">= 0"),
+        "batch_size": (lambda x: x > 0, "> 0"),
+        "mini_batch_size": (lambda x: x > 0, "> 0"),
+        "micro_batch_tokens": (lambda x: x > 0, "> 0"),
+        "lr": (lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
+        "betas": (lambda x: all(0 <= b < 1 for b in x), "two values in [0, 1)"),
+        "weight_decay": (lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
+        # clip_grad_norm_ with a negative max flips every update's sign, and 0 zeroes it
+        "grad_clip": (lambda x: math.isfinite(x) and x > 0, "finite and > 0"),
+        "warmup_steps": (lambda x: x >= 0, ">= 0"),
+        "save_every": (lambda x: x >= 0, ">= 0 (0: never)"),
+        "keep_checkpoints": (lambda x: x >= 1, ">= 1"),
+        "dist_timeout_minutes": (lambda x: math.isfinite(x) and x > 0, "finite and > 0"),
+    }
 
 
 @dataclass
@@ -133,6 +178,14 @@ class LoggingConfig:
     # RLVR (reward.kind=answer): held-out questions (e.g. MATH-500) evaluated instead of the splits, avg@1 of
     # the answer reward at the rollout's sampling settings, read with data.question_field / answer_field
     eval_questions: str = ""
+    # ranges that types alone cannot express, checked by validate(): field -> (test, requirement)
+    RANGES: ClassVar[dict] = {
+        "log_every": (lambda x: x >= 1, ">= 1"),
+        "samples_every": (lambda x: x >= 0, ">= 0 (0: never)"),
+        "samples_per_dump": (lambda x: x >= 0, ">= 0"),
+        "eval_every": (lambda x: x >= 0, ">= 0 (0: never)"),
+        "eval_max_samples": (lambda x: x > 0, "> 0"),
+    }
 
 
 @dataclass
@@ -199,7 +252,7 @@ def _set(cfg: Config, dotted_key: str, value, source: str) -> None:
         raise ConfigError(f"{source}: unknown config section '{section_name}' (in '{dotted_key}')")
     section = getattr(cfg, section_name)
     hints = typing.get_type_hints(type(section))
-    if key not in hints:
+    if key not in {f.name for f in dataclasses.fields(section)}:
         raise ConfigError(f"{source}: unknown config key '{dotted_key}'")
     setattr(section, key, _coerce(value, hints[key], f"{source}: {dotted_key}"))
 
@@ -273,45 +326,6 @@ def _check(condition: bool, key: str, value, requirement: str) -> None:
         raise ConfigError(f"{key} must be {requirement}, got {value!r}")
 
 
-# (key, test, requirement): ranges that types alone cannot express; NaN fails every comparison
-RANGES = [
-    ("data.max_prompt_tokens", lambda x: x > 0, "> 0"),
-    ("rollout.n", lambda x: x >= 2, ">= 2: group-normalized advantages need several samples"),
-    ("rollout.temperature", lambda x: math.isfinite(x) and x > 0, "finite and > 0"),
-    ("rollout.top_p", lambda x: 0 < x <= 1, "in (0, 1]"),
-    ("rollout.max_response_tokens", lambda x: x > 0, "> 0"),
-    ("rollout.tensor_parallel_size", lambda x: x >= 1, ">= 1"),
-    ("rollout.gpu_memory_utilization", lambda x: 0 < x <= 1, "in (0, 1]"),
-    ("rollout.kv_cache_memory_bytes", lambda x: x >= 0, ">= 0"),
-    ("reward.penalty", lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
-    ("grpo.adv_eps", lambda x: math.isfinite(x) and x > 0, "finite and > 0"),
-    ("grpo.clip_low", lambda x: 0 <= x < 1, "in [0, 1)"),
-    ("grpo.clip_high", lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
-    ("grpo.kl_coef", lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
-    ("grpo.entropy_coef", math.isfinite, "finite"),
-    ("grpo.dynamic_sampling_start_step", lambda x: x >= 0, ">= 0"),
-    ("grpo.max_generation_rounds", lambda x: x >= 1, ">= 1"),
-    ("grpo.tis_cap", lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
-    ("grpo.logprob_chunk_size", lambda x: x > 0, "> 0"),
-    ("train.steps", lambda x: x >= 0, ">= 0"),
-    ("train.batch_size", lambda x: x > 0, "> 0"),
-    ("train.mini_batch_size", lambda x: x > 0, "> 0"),
-    ("train.micro_batch_tokens", lambda x: x > 0, "> 0"),
-    ("train.lr", lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
-    ("train.betas", lambda x: all(0 <= b < 1 for b in x), "two values in [0, 1)"),
-    ("train.weight_decay", lambda x: math.isfinite(x) and x >= 0, "finite and >= 0"),
-    # clip_grad_norm_ with a negative max flips every update's sign, and 0 zeroes it
-    ("train.grad_clip", lambda x: math.isfinite(x) and x > 0, "finite and > 0"),
-    ("train.warmup_steps", lambda x: x >= 0, ">= 0"),
-    ("train.save_every", lambda x: x >= 0, ">= 0 (0: never)"),
-    ("train.keep_checkpoints", lambda x: x >= 1, ">= 1"),
-    ("train.dist_timeout_minutes", lambda x: math.isfinite(x) and x > 0, "finite and > 0"),
-    ("logging.log_every", lambda x: x >= 1, ">= 1"),
-    ("logging.samples_every", lambda x: x >= 0, ">= 0 (0: never)"),
-    ("logging.samples_per_dump", lambda x: x >= 0, ">= 0"),
-    ("logging.eval_every", lambda x: x >= 0, ">= 0 (0: never)"),
-    ("logging.eval_max_samples", lambda x: x > 0, "> 0"),
-]
 
 
 def validate(cfg: Config) -> None:
@@ -327,10 +341,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError("reward.verify_timeout_s must be > 0")
     elif not cfg.data.path:
         raise ConfigError("data.path is required (a directory written by launch/prepare_data.py)")
-    for key, test, requirement in RANGES:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        _check(test(value), key, value, requirement)
+    for section in dataclasses.fields(Config):  # NaN fails every comparison of the RANGES
+        values = getattr(cfg, section.name)
+        for name, (test, requirement) in values.RANGES.items():
+            _check(test(getattr(values, name)), f"{section.name}.{name}", getattr(values, name), requirement)
     if cfg.data.questions and cfg.reward.kind != "answer":
         raise ConfigError("data.questions is read only with reward.kind=answer")
     if not (cfg.data.question_field and cfg.data.answer_field) or cfg.data.max_questions < 0:
@@ -367,45 +381,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.overwrite deletes the run that train.resume would continue: use one of them")
 
 
-def check_paths(cfg: Config) -> None:
-    """The input directories exist and are what they claim, before anything is loaded or written."""
-    model = Path(cfg.model.path)
-    if not (model / "config.json").is_file():
-        raise ConfigError(f"model.path: '{model}' is not an HF model directory "
-                          f"({'no config.json in it' if model.is_dir() else 'no such directory'})")
-    if cfg.model.tokenizer_path and not Path(cfg.model.tokenizer_path).is_dir():
-        raise ConfigError(f"model.tokenizer_path: no such directory '{cfg.model.tokenizer_path}'")
-    if cfg.data.questions and not Path(cfg.data.questions).exists():
-        raise ConfigError(f"data.questions: no such file or directory '{cfg.data.questions}'")
-    if cfg.logging.eval_questions and not Path(cfg.logging.eval_questions).exists():
-        raise ConfigError(f"logging.eval_questions: no such file or directory '{cfg.logging.eval_questions}'")
-    if not cfg.data.path and cfg.reward.kind == "answer":
-        return  # RLVR reads its questions, not a prepared-data directory
-    data = Path(cfg.data.path)
-    if not (data / "manifest.json").is_file():
-        raise ConfigError(f"data.path: '{data}' is not a finished prepared-data directory (no manifest.json; "
-                          "run launch/prepare_data.py)")
-
-
-def check_training_splits(cfg: Config) -> None:
-    """The splits a training run reads have samples: the training split (RPT) and, with periodic evaluation,
-    the held-out ones, which would otherwise stop the run at its first evaluation, possibly hours in."""
-    if not cfg.data.path:
-        return
-    manifest = Path(cfg.data.path) / "manifest.json"
-    counts = json.loads(manifest.read_text()).get("samples", {})
-    named = {}
-    if cfg.train.objective == "rpt" and cfg.reward.kind != "answer":
-        named["data.split"] = [cfg.data.split]
-    if cfg.logging.eval_every:
-        named["logging.eval_splits"] = list(cfg.logging.eval_splits)
-    for field, splits in named.items():
-        empty = [split for split in splits if not counts.get(split)]
-        if empty:
-            raise ConfigError(f"{field}: split(s) {empty} have no samples in {manifest} "
-                              f"(its sample counts: {counts})")
-
-
 def to_dict(cfg: Config) -> dict:
     out = dataclasses.asdict(cfg)
     for section in out.values():
@@ -417,14 +392,3 @@ def to_dict(cfg: Config) -> dict:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def at_least(minimum: int):
-    """An argparse type: an integer >= minimum (argparse names the flag in the error)."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    parse.__name__ = "integer"  # argparse's "invalid integer value" for text that is no number
-    return parse

@@ -112,3 +112,46 @@ def summarize(records: list[dict], window: int = 5) -> list[str]:
         lines.append(f"eval {eval_name(key)} {values[0]:.3f} (step {steps[0]}) -> {values[-1]:.3f} "
                      f"(step {steps[-1]}): {values[-1] - values[0]:+.3f}")
     return lines
+
+
+def rollout_sums(groups: list, rewards, rollout_stats: dict, group_size: int) -> dict[str, float]:
+    """This rank's sums behind a step's rollout metrics (rpt.dist.reduce_metrics sums them over ranks):
+    rewards (b, G) of the groups it trains on; rollout_stats: the sums over every sample it generated."""
+    lengths = [len(c.token_ids) for group in groups for c in group.completions]
+    return {
+        "reward_sum": float(rewards.sum()), "correct": float((rewards == 1).sum()), "samples": rewards.numel(),
+        "think": sum(float(group.diagnostics["had_think"].sum()) for group in groups),
+        "box": sum(float(group.diagnostics["had_box"].sum()) for group in groups),
+        "gen_tokens": sum(lengths),
+        "truncated": sum(c.finish_reason == "length" for group in groups for c in group.completions),
+        "prompt_tokens": sum(len(group.prompt_ids) for group in groups) * group_size,
+        "all_reward_sum": rollout_stats["all_reward_sum"], "all_samples": rollout_stats["all_samples"],
+        "all_tokens": rollout_stats["all_tokens"],
+    }
+
+
+def rollout_step_metrics(sums: dict, maxima: dict, pool: dict, update: dict, times: dict, *, lr: float,
+                         totals: dict, world_size: int) -> dict[str, float]:
+    """A GRPO step's logged metrics from numbers already reduced over ranks: `sums` (rollout_sums, summed),
+    `maxima` (response_len_max and the per-phase memory, the rank that used most / had least free), `pool`
+    (the pooled collector's decisions, global), `update` (update_policy's), `times` (seconds: generate,
+    reward, update, sync, step), `totals` (running over the run: skipped_updates, train_compute)."""
+    n = max(sums["samples"], 1)
+    return {
+        # all generated samples; the kept_ metrics are what the update trained on (after dynamic sampling)
+        "rollout/reward_mean": sums["all_reward_sum"] / max(sums["all_samples"], 1),
+        "rollout/kept_reward_mean": sums["reward_sum"] / n, "rollout/kept_accuracy": sums["correct"] / n,
+        "rollout/had_think": sums["think"] / n, "rollout/had_box": sums["box"] / n,
+        "rollout/response_len_mean": sums["gen_tokens"] / n, "rollout/response_len_max": maxima["response_len_max"],
+        "rollout/truncated_frac": sums["truncated"] / n,
+        "rollout/kept_group_frac": pool["groups_kept"] / max(pool["groups_generated"], 1),
+        "rollout/groups_filtered": pool["groups_filtered"], "rollout/groups_surplus": pool["groups_surplus"],
+        "rollout/generation_rounds": pool["rounds"], "rollout/partial_batch": pool["partial"],
+        **{f"train/{k}": v for k, v in update.items() if k != "skipped_updates"},
+        "train/skipped_updates": totals["skipped_updates"], "train/lr": lr,
+        "perf/time_generate": times["generate"], "perf/time_reward": times["reward"],
+        "perf/time_update": times["update"], "perf/time_sync": times["sync"], "perf/time_step": times["step"],
+        "perf/tokens_per_s": sums["all_tokens"] / max(times["generate"], 1e-9) / world_size,
+        "perf/train_compute": totals["train_compute"],
+        **{key: value for key, value in maxima.items() if key.startswith("perf/mem_")},
+    }

@@ -1,10 +1,11 @@
-"""A run directory belongs to one run: claiming it, the resume config rules and the log truncation that
-keeps a resumed run's logs free of repeated steps.
+"""A run directory belongs to one run. `Run` carries it from start to end: claim the directory, compare the
+resuming config with the run's, restore the checkpoint, truncate the logs to it, log each step (metrics.jsonl,
+TensorBoard, the console line, samples.jsonl), save checkpoints when due, print the summary.
 
-    lock = claim_run_dir(out_dir, resume=cfg.train.resume, overwrite=cfg.train.overwrite)  # rank 0 only
-    changes = compare_configs(saved_config_dict, to_dict(cfg))  # on resume: error on an immutable change
-    apply_optimizer_settings(optimizer, scheduler, lr=..., betas=..., weight_decay=...)  # after loading
-    truncate_jsonl(out_dir / "metrics.jsonl", start_step)
+    run = Run.open(out_dir, config, defaults, resume=..., overwrite=..., ...)  # before any model loads
+    start_step, totals = run.restore(policy, optimizer, scheduler, stream, lr=..., betas=..., weight_decay=...)
+    run.log(step, metrics, groups, rewards, tokenizer); run.save_if_due(step, policy, optimizer, scheduler, extra)
+    run.finish(policy, tokenizer, export=True)
 
 The lock is `fcntl.flock` on `output_dir/.lock`, held by rank 0 for the life of the job: the kernel drops
 it when the process dies (kill -9 included), so a crashed job never leaves a stale lock behind. flock works
@@ -18,11 +19,17 @@ import shutil
 import uuid
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 import yaml
+from tqdm import tqdm
 
+from rpt.checkpoint import latest_checkpoint, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from rpt.config import ConfigError
-from rpt.fsdp import read_checkpoint_meta
+from rpt.data.sample import Question
+from rpt.dist import print0
+from rpt.fsdp import export_hf
+from rpt.report import plot_run, read_metrics, summarize
 
 RUN_FILE = "run.json"  # {"run_id": ...}: written when a fresh run claims the directory
 LOCK_FILE = ".lock"
@@ -225,3 +232,150 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     temporary = path.with_name(path.name + f".tmp{os.getpid()}")
     temporary.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
     os.replace(temporary, path)
+
+
+class Run:
+    """One training run's directory, from claiming it to the end-of-run summary. Every rank holds a Run;
+    rank 0 holds the directory's lock and writes the files, every rank keeps the step history."""
+
+    def __init__(self, directory: Path, lock: RunDirLock | None, run_id: str, checkpoint: Path | None,
+                 config: dict, config_changes: list, *, steps: int, log_every: int, tensorboard: bool,
+                 samples_every: int, samples_per_dump: int, save_every: int, keep_checkpoints: int):
+        self.directory, self.lock, self.run_id, self.checkpoint = directory, lock, run_id, checkpoint
+        self.config, self.config_changes = config, config_changes
+        self.steps, self.log_every, self.tensorboard = steps, log_every, tensorboard
+        self.samples_every, self.samples_per_dump = samples_every, samples_per_dump
+        self.save_every, self.keep_checkpoints = save_every, keep_checkpoints
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.writer = None
+        self.progress = None
+        self.history: list[dict] = []
+
+    @classmethod
+    def open(cls, directory: Path, config: dict, defaults: dict, *, resume: str, overwrite: bool,
+             **settings) -> "Run":
+        """Find the checkpoint to resume ("auto": the latest complete one), compare `config` (rpt.config.to_dict)
+        with the run's (`defaults` fill fields the run's config predates), claim the directory and write the
+        config into it. Raises ConfigError or RunDirError on every rank alike."""
+        checkpoint = latest_checkpoint(directory / "checkpoints") if resume == "auto" else \
+            (Path(resume) if resume else None)
+        saved = saved_run_config(checkpoint, directory) if checkpoint is not None else None
+        changes = compare_configs(saved, config, defaults) if saved else []
+        lock, run_id = claim_run_dir(directory, resume, overwrite)
+        run = cls(directory, lock, run_id, checkpoint, config, changes, **settings)
+        if run.rank == 0:
+            write_atomic(directory / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        return run
+
+    def restore(self, policy, optimizer, scheduler, stream, *, lr: float, betas: tuple[float, float],
+                weight_decay: float) -> tuple[int, dict]:
+        """Load the checkpoint being resumed, if any, with the resuming config's AdamW settings; cut the logs
+        back to its step and open TensorBoard there. -> (start step, running totals)."""
+        start_step, totals = 0, {"skipped_updates": 0, "train_compute": 0.0}
+        if self.checkpoint is not None:
+            start_step, extra = load_checkpoint(self.checkpoint, policy, optimizer, scheduler)
+            # the checkpoint brought back the run's AdamW settings: the resuming config's take effect from here
+            apply_optimizer_settings(optimizer, scheduler, lr, betas, weight_decay)
+            stream.load_state_dict(extra["data"])
+            totals = extra["totals"]
+            print0(f"resumed from {self.checkpoint} at step {start_step}" + "".join(
+                f"\n  {key}: {old!r} -> {new!r}" for key, old, new in self.config_changes))
+        if self.rank == 0:
+            record_config_changes(self.directory, start_step, self.config_changes)
+            for log in ("metrics.jsonl", "samples.jsonl"):  # steps after the checkpoint are logged again
+                truncate_jsonl(self.directory / log, start_step)
+            if self.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.directory / "tensorboard"), purge_step=start_step + 1)
+            # on a terminal only (disable=None): a CI log keeps the per-step lines alone
+            self.progress = tqdm(total=self.steps, initial=start_step, unit="step", disable=None)
+        return start_step, totals
+
+    def log(self, step: int, metrics: dict, groups: list | None = None, rewards: torch.Tensor | None = None,
+            tokenizer=None) -> None:
+        """Record `step`'s metrics (step 0: the evaluation before training) and, when due, its samples."""
+        if step > 0:
+            self.history.append({"step": step, **metrics})
+        if self.rank != 0:
+            return
+        with open(self.directory / "metrics.jsonl", "a") as file:
+            file.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, step)
+        self._print(step, metrics)
+        if step > 0:
+            if "rollout/reward_mean" in metrics:
+                self.progress.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", refresh=False)
+            self.progress.update()
+        if self.samples_every and step % self.samples_every == 0 and groups:
+            self._dump_samples(step, groups, rewards, tokenizer)
+
+    def _print(self, step: int, metrics: dict) -> None:
+        # tqdm.write keeps the progress bar below the lines
+        if step == 0:
+            tqdm.write("  eval at step 0 | " + " | ".join(f"{k[len('eval/'):]} {v:.3f}" for k, v in metrics.items()
+                                                          if k.startswith("eval/") and k.endswith("_acc")))
+            return
+        if step % self.log_every and step != self.steps:
+            return
+        m = metrics
+        if "rollout/reward_mean" not in m:  # the continual-NTP baseline
+            tqdm.write(f"step {step}/{self.steps} | ntp loss {m['train/loss']:.4f} | gnorm {m['train/grad_norm']:.3f} "
+                       f"| {m['train/tokens']:.0f} tokens | upd {m['perf/time_update']:.1f}s"
+                       + "".join(f" | {k[5:]} {v:.4f}" for k, v in m.items() if k.startswith("eval/")))
+            return
+        tqdm.write(f"step {step}/{self.steps} | reward {m['rollout/reward_mean']:.3f} "
+                   f"| loss {m['train/loss']:+.2e} | gnorm {m['train/grad_norm']:.3f} "
+                   f"| kept {m['rollout/kept_group_frac']:.2f} | len {m['rollout/response_len_mean']:.1f} "
+                   f"| mismatch {m['train/mismatch_mean']:.1e} | gen {m['perf/time_generate']:.1f}s "
+                   f"upd {m['perf/time_update']:.1f}s sync {m['perf/time_sync']:.1f}s "
+                   f"| {m['perf/tokens_per_s']:.0f} tok/s/rank")
+        evals = {k[len("eval/"):]: v for k, v in m.items() if k.startswith("eval/") and k.endswith("_acc")}
+        if evals:
+            tqdm.write(f"  eval at step {step} | " + " | ".join(f"{k} {v:.3f}" for k, v in evals.items()))
+
+    def _dump_samples(self, step: int, groups: list, rewards: torch.Tensor, tokenizer) -> None:
+        with open(self.directory / "samples.jsonl", "a") as file:
+            for group, group_rewards in list(zip(groups, rewards))[:self.samples_per_dump]:
+                item = group.sample
+                source = {"question_id": item.question_id, "answers": item.answers} if isinstance(item, Question) \
+                    else {"doc_id": item.doc_id, "position": item.position,
+                          "continuation": tokenizer.decode(item.continuation_ids)}
+                file.write(json.dumps({
+                    "step": step, **source, "prompt": tokenizer.decode(group.prompt_ids),
+                    "responses": group.responses, "rewards": group_rewards.tolist(),
+                }) + "\n")  # ASCII escapes: a response cut inside a UTF-8 character holds lone surrogates
+
+    def save_if_due(self, step: int, policy, optimizer, scheduler, extra: dict) -> None:
+        """A checkpoint every save_every steps and at the last step (rpt/checkpoint.py)."""
+        if self.save_every and (step % self.save_every == 0 or step == self.steps):
+            save_checkpoint(self.directory / "checkpoints", policy, optimizer, scheduler, step, extra,
+                            keep=self.keep_checkpoints, run_id=self.run_id, config=self.config)
+
+    def finish(self, policy, tokenizer, export: bool) -> list[dict]:
+        """Export the policy as an HF directory (`export`), print the whole run's summary, release the
+        directory. -> the step history."""
+        if self.progress is not None:
+            self.progress.close()
+        if export:
+            export_hf(policy, tokenizer, self.directory / "hf")
+            print0(f"exported the policy to {self.directory / 'hf'}")
+        if self.writer is not None:
+            self.writer.close()
+        if self.rank == 0:
+            self._print_summary(export)
+        if self.lock is not None:
+            self.lock.release()
+        return self.history
+
+    def _print_summary(self, exported: bool) -> None:
+        """The whole run (resumed parts included) from metrics.jsonl: start vs end, and where its outputs are."""
+        records, _ = read_metrics(self.directory / "metrics.jsonl")
+        if not records:
+            return
+        plot = plot_run(self.directory)
+        print("summary:\n  " + "\n  ".join(summarize(records)), flush=True)
+        print(f"  run dir {self.directory} | HF export {self.directory / 'hf' if exported else 'off (train.export_hf)'}"
+              f" | plot {plot}", flush=True)

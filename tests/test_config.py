@@ -123,7 +123,7 @@ def test_overwrite_and_resume_together_are_refused():
 
 
 def test_check_paths_names_the_missing_path(stories_dir, tiny_data_dir, tmp_path):
-    from rpt.config import check_paths
+    from rpt.cli import check_paths
 
     good = [f"--model.path={stories_dir}", f"--data.path={tiny_data_dir}"]
     check_paths(load_config(None, good))
@@ -142,7 +142,7 @@ def test_check_training_splits_refuses_a_split_without_samples(stories_dir, tiny
     import json
     import shutil
 
-    from rpt.config import check_training_splits
+    from rpt.cli import check_training_splits
 
     data = tmp_path / "data"
     shutil.copytree(tiny_data_dir, data)

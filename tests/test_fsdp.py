@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rpt.fsdp import build_policy, load_checkpoint
+from rpt.checkpoint import load_checkpoint
+from rpt.fsdp import build_policy
 from tests.conftest import REPO, run_torchrun
 
 
@@ -65,7 +66,7 @@ def test_move_optimizer_state_moves_moments_not_step_counters():
 
 
 def test_interrupted_save_leaves_the_previous_checkpoint_latest(tmp_path):
-    from rpt.fsdp import latest_checkpoint, save_checkpoint
+    from rpt.checkpoint import latest_checkpoint, save_checkpoint
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -103,7 +104,7 @@ def test_rank_state_loads_with_weights_only_and_restores_every_rng(tmp_path):
 
     import numpy as np
 
-    from rpt.fsdp import save_checkpoint
+    from rpt.checkpoint import save_checkpoint
 
     model, optimizer, scheduler = tiny_training_state()
     random.seed(3), np.random.seed(4), torch.manual_seed(5)
@@ -133,7 +134,7 @@ class Payload:
 def test_checkpoint_with_a_code_payload_is_refused(tmp_path, where):
     import pickle
 
-    from rpt.fsdp import CheckpointError, save_checkpoint
+    from rpt.checkpoint import CheckpointError, save_checkpoint
 
     marker = tmp_path / "payload_ran"
     model, optimizer, scheduler = tiny_training_state()
@@ -157,7 +158,7 @@ def test_checkpoint_with_a_code_payload_is_refused(tmp_path, where):
 
 
 def test_rotation_keeps_this_runs_newest_and_never_touches_another_run(tmp_path):
-    from rpt.fsdp import latest_checkpoint, save_checkpoint
+    from rpt.checkpoint import latest_checkpoint, save_checkpoint
 
     model, optimizer, scheduler = tiny_training_state()
     other = save_checkpoint(tmp_path, model, optimizer, scheduler, step=900, extra={}, run_id="old-run")

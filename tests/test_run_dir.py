@@ -158,8 +158,8 @@ def test_truncate_jsonl_keeps_steps_up_to_the_checkpoint_and_drops_a_torn_line(t
 
 
 def test_saved_run_config_prefers_the_checkpoints_own(tmp_path):
+    from rpt.checkpoint import save_checkpoint
     from rpt.config import save_config
-    from rpt.fsdp import save_checkpoint
     from rpt.run_dir import saved_run_config
 
     model = torch.nn.Linear(3, 2)

@@ -15,7 +15,8 @@ import sys
 import pytest
 import torch
 
-from rpt.fsdp import build_policy, load_checkpoint
+from rpt.checkpoint import load_checkpoint
+from rpt.fsdp import build_policy
 from tests.conftest import REPO, run_torchrun
 from tests.test_train import TRAIN, overrides, read_metrics, run_single_process
 

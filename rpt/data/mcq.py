@@ -21,31 +21,17 @@ Prompts:
 Deviations from the paper: the paper gives no prompts ("following previous work" it uses the
 multiple-choice format); these are the common zero-shot forms.
 """
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from rpt.data.corpus import BadRecordReport, list_corpus_files, read_records
-from rpt.data.prompts import chat_prompt_ids, special_prefix_ids
+from rpt.data.prompts import LETTERS
+from rpt.data.sample import ChoiceQuestion
 
-LETTERS = "ABCDEFGHIJ"
 SCHEMAS = {
     "mmlu_pro": {"category": "category", "letter": "answer", "index": "answer_index", "text": None},
     "supergpqa": {"category": "discipline", "letter": "answer_letter", "index": None, "text": "answer"},
 }
-ANSWER_CUE = "Answer:"
-REASONING_INSTRUCTION = ("Answer the following multiple choice question. Think step by step, then put the letter "
-                         "of the correct option within \\boxed{}.")
-
-
-@dataclass
-class ChoiceQuestion:
-    question_id: int  # index among the kept questions, in file order
-    question: str
-    options: list[str]
-    answer_index: int  # 0-based: the correct option
-    category: str
-    source: str  # "file:line"
 
 
 def _parse(record, schema: dict, question_id: int, source: str) -> tuple[str | None, str, ChoiceQuestion | None]:
@@ -116,23 +102,3 @@ def load_choice_questions(paths, schema: str, max_bad_fraction: float = 0.01, ma
     return questions, report
 
 
-def format_question(question: ChoiceQuestion) -> str:
-    """Question and lettered options, one per line."""
-    options = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(question.options))
-    return f"Question: {question.question.strip()}\nOptions:\n{options}"
-
-
-def standard_prompt_ids(tokenizer, question: ChoiceQuestion) -> list[int]:
-    """BOS + question + options + "Answer:"; the next token is the prediction."""
-    text = f"{format_question(question)}\n{ANSWER_CUE}"
-    return special_prefix_ids(tokenizer) + tokenizer.encode(text, add_special_tokens=False)
-
-
-def reasoning_prompt_ids(tokenizer, question: ChoiceQuestion, chat: bool = True, think_prefill: bool = True
-                         ) -> list[int]:
-    """The reasoning-mode prompt: instruction + question + options in the chat template's user turn, the
-    assistant turn opened with "<think>\\n" iff think_prefill; chat=False: BOS + the same text."""
-    text = f"{REASONING_INSTRUCTION}\n\n{format_question(question)}"
-    if not chat:
-        return special_prefix_ids(tokenizer) + tokenizer.encode(text, add_special_tokens=False)
-    return chat_prompt_ids(tokenizer, text, think_prefill)

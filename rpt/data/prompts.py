@@ -1,4 +1,6 @@
-"""Prompt templates for next-token reasoning (Appendix D, Table 10) and the prompt token ids a policy sees.
+"""Every prompt a policy sees, in one home: the next-token reasoning templates (Appendix D, Table 10), the R1
+math prompt of RLVR (Section 4.1), the multiple-choice prompts (Table 3), and `item_prompt`, which turns any
+batch item (a Sample, a Question, a ChoiceQuestion) into prompt token ids.
 
 `TEMPLATES` holds the paper's seven templates v0-v6 as plain strings (edit them here); the context goes
 where `{prompt_content}` stands. v0 is the one the paper trained with; v6 scored best at step 0 (Table 8).
@@ -17,8 +19,17 @@ Reading of Table 10 (the paper prints the templates in a table that loses line b
   the single token ":\\n".
 - Triple backticks (```) fence the context in v1-v6; v0 places it bare after "### Context".
 """
+from dataclasses import dataclass
+
+from rpt.data.sample import ChoiceQuestion, Question, Sample
+
 PLACEHOLDER = "{prompt_content}"
 THINK_OPEN = "<think>\n"
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+LETTERS = "ABCDEFGHIJ"  # multiple-choice option letters
+ANSWER_CUE = "Answer:"
+REASONING_INSTRUCTION = ("Answer the following multiple choice question. Think step by step, then put the letter "
+                         "of the correct option within \\boxed{}.")
 
 _NOTE = r"(note: the token may begin with a space, e.g., \boxed{ para} or \boxed{ =}; do not use \text{})."
 
@@ -109,3 +120,77 @@ def build_prompt_ids(tokenizer, context_ids: list[int], template: str = "v0", ch
         else:
             ids = special_prefix_ids(tokenizer) + tokenizer.encode(text, add_special_tokens=False)
     return ids + tokenizer.encode(response_prefill, add_special_tokens=False) if response_prefill else ids
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """How a context becomes a prompt (the data.* fields of rpt.config)."""
+    template: str = "v0"  # v0..v6 (Table 10) or "raw"
+    chat: bool = True
+    think_prefill: bool = True
+    response_prefill: str = ""
+    max_prompt_tokens: int = 4096
+
+
+def math_user_message(problem: str) -> str:
+    """The user turn of the R1 math prompt."""
+    problem = problem.rstrip()
+    return problem if problem.endswith(MATH_INSTRUCTION) else f"{problem}\n{MATH_INSTRUCTION}"
+
+
+def build_question_prompt_ids(tokenizer, problem: str, chat: bool = True, think_prefill: bool = True) -> list[int]:
+    """Token ids of the R1 math prompt for one problem: with chat=True the user turn of the tokenizer's chat
+    template, generation prompt added, the assistant turn opened with "<think>\\n" iff think_prefill; with
+    chat=False (base models without a chat template) the tokenizer's BOS and the text."""
+    text = math_user_message(problem)
+    if not chat:
+        return special_prefix_ids(tokenizer) + tokenizer.encode(text, add_special_tokens=False)
+    return chat_prompt_ids(tokenizer, text, think_prefill)
+
+
+def format_question(question: ChoiceQuestion) -> str:
+    """Question and lettered options, one per line."""
+    options = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(question.options))
+    return f"Question: {question.question.strip()}\nOptions:\n{options}"
+
+
+def standard_prompt_ids(tokenizer, question: ChoiceQuestion) -> list[int]:
+    """BOS + question + options + "Answer:"; the next token is the prediction."""
+    text = f"{format_question(question)}\n{ANSWER_CUE}"
+    return special_prefix_ids(tokenizer) + tokenizer.encode(text, add_special_tokens=False)
+
+
+def reasoning_prompt_ids(tokenizer, question: ChoiceQuestion, chat: bool = True, think_prefill: bool = True
+                         ) -> list[int]:
+    """The reasoning-mode prompt: instruction + question + options in the chat template's user turn, the
+    assistant turn opened with "<think>\\n" iff think_prefill; chat=False: BOS + the same text."""
+    text = f"{REASONING_INSTRUCTION}\n\n{format_question(question)}"
+    if not chat:
+        return special_prefix_ids(tokenizer) + tokenizer.encode(text, add_special_tokens=False)
+    return chat_prompt_ids(tokenizer, text, think_prefill)
+
+
+def make_prompt(tokenizer, context_ids: list[int], settings: PromptSettings) -> list[int]:
+    """Template + chat template + prefill, with the context cut from the left to fit max_prompt_tokens."""
+    context = context_ids
+    while True:
+        ids = build_prompt_ids(tokenizer, context, template=settings.template, chat=settings.chat,
+                               think_prefill=settings.think_prefill, response_prefill=settings.response_prefill)
+        excess = len(ids) - settings.max_prompt_tokens
+        if excess <= 0:
+            return ids
+        if excess >= len(context):
+            raise ValueError(f"the template alone is {len(ids) - len(context)} tokens, over "
+                             f"data.max_prompt_tokens={settings.max_prompt_tokens}")
+        context = context[excess:]
+
+
+def item_prompt(tokenizer, item: Sample | Question | ChoiceQuestion, settings: PromptSettings) -> list[int]:
+    """A sample's prompt (make_prompt), a question's R1 math prompt (never cut: questions that do not fit
+    are dropped when loaded, rpt.data.questions.drop_long_questions) or a multiple-choice question's
+    reasoning-mode prompt."""
+    if isinstance(item, Question):
+        return build_question_prompt_ids(tokenizer, item.problem, settings.chat, settings.think_prefill)
+    if isinstance(item, ChoiceQuestion):
+        return reasoning_prompt_ids(tokenizer, item, settings.chat, settings.think_prefill)
+    return make_prompt(tokenizer, item.context_ids, settings)

@@ -19,26 +19,17 @@ Deviations from the paper: the paper names its RLVR data (Skywork-OR1, 256 quest
 this is the prompt the R1-Distill models were evaluated with.
 """
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from rpt.data.corpus import BadRecordReport, list_corpus_files, read_records
-from rpt.data.prompts import chat_prompt_ids, special_prefix_ids
+from rpt.data.prompts import build_question_prompt_ids
+from rpt.data.sample import Question
 from rpt.data.stream import IndexStream
 
-MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULT_FIELDS = {"problem": "problem", "answer": "answer"}
 SKYWORK_OR1_FIELDS = {"problem": "prompt", "answer": "reward_model.ground_truth"}
 QUESTION_SUFFIXES = (".jsonl", ".parquet")
-
-
-@dataclass
-class Question:
-    question_id: int  # index among the kept questions, in file order
-    problem: str
-    answers: list[str]  # reference answers; a response matching any of them is correct
-    source: str  # "file:line"
 
 
 def _lookup(record: dict, dotted: str):
@@ -150,22 +141,6 @@ def load_questions(paths, fields: dict[str, str] | None = None, max_bad_fraction
     if not questions:
         raise ValueError(f"no questions in {paths}:\n{report.format()}")
     return questions, report
-
-
-def math_user_message(problem: str) -> str:
-    """The user turn of the R1 math prompt."""
-    problem = problem.rstrip()
-    return problem if problem.endswith(MATH_INSTRUCTION) else f"{problem}\n{MATH_INSTRUCTION}"
-
-
-def build_question_prompt_ids(tokenizer, problem: str, chat: bool = True, think_prefill: bool = True) -> list[int]:
-    """Token ids of the R1 math prompt for one problem: with chat=True the user turn of the tokenizer's chat
-    template, generation prompt added, the assistant turn opened with "<think>\\n" iff think_prefill; with
-    chat=False (base models without a chat template) the tokenizer's BOS and the text."""
-    text = math_user_message(problem)
-    if not chat:
-        return special_prefix_ids(tokenizer) + tokenizer.encode(text, add_special_tokens=False)
-    return chat_prompt_ids(tokenizer, text, think_prefill)
 
 
 def drop_long_questions(questions: list[Question], tokenizer, max_prompt_tokens: int, chat: bool = True,

@@ -97,6 +97,22 @@ def check_vocabulary(data_dir: str | Path, tokenizer) -> None:
             "tokenizer (launch/prepare_data.py --tokenizer) or use the policy the data was made for")
 
 
+class EmptySplitError(ValueError):
+    pass
+
+
+def check_splits_have_samples(data_dir: str | Path, splits_by_setting: dict[str, list[str]]) -> None:
+    """Every split a run reads has samples in the manifest, named by the setting that chose it: an empty or
+    misspelt held-out split would otherwise stop a run at its first evaluation, possibly hours in."""
+    manifest = Path(data_dir) / "manifest.json"
+    counts = json.loads(manifest.read_text()).get("samples", {})
+    for setting, splits in splits_by_setting.items():
+        empty = [split for split in splits if not counts.get(split)]
+        if empty:
+            raise EmptySplitError(f"{setting}: split(s) {empty} have no samples in {manifest} "
+                                  f"(its sample counts: {counts})")
+
+
 def read_docs(data_dir: str | Path, num_chunks: int) -> PreparedDocs:
     """Concatenate the shards of chunks 0 .. num_chunks-1 (chunk i holds a block of consecutive doc ids)."""
     doc_ids, splits, lengths, token_ids, entropy = [], [], [], [], []

@@ -19,20 +19,22 @@ spaced over a split (ordered by document and position, so they spread over the d
 Scoring in reasoning mode always uses the prefix-matching reward, whatever reward the policy was trained
 with (Table 1 reports accuracy, not the training reward).
 """
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from rpt.data.prompts import build_prompt_ids
+from rpt.data.prompts import PromptSettings, build_prompt_ids
 from rpt.data.sample import Sample
 from rpt.data.samples_io import read_samples
-from rpt.dist import all_reduce
+from rpt.dist import all_gather_objects, all_reduce
 from rpt.rollout.engine import Engine, SamplingParams
-from rpt.rollout.groups import PromptSettings, RewardSettings, generate_groups, score_groups
+from rpt.rollout.groups import RewardSettings, generate_groups, score_groups
 
 MODES = ("standard", "reasoning")
 
@@ -244,3 +246,39 @@ def format_accuracy_table(rows: list[tuple[str, str, dict[str, float]]], splits=
     mode ("Standard next-token prediction", "Next-token reasoning"), accuracy in percent, 2 decimals."""
     return format_mode_table(rows, list(splits), [split.capitalize() for split in splits],
                              {"standard": "Standard next-token prediction", "reasoning": "Next-token reasoning"}, 2)
+
+
+def rows_of_summary(summary: dict) -> list[tuple[str, str, dict[str, float]]]:
+    """accuracy.json -> Table 1 rows: (mode, name, {split: accuracy}); reasoning Pass@k gets a row of its own."""
+    rows = []
+    for mode, metrics in summary["results"].items():
+        splits = sorted({key.split("/")[0] for key in metrics})
+        rows.append((mode, summary["name"], {split: metrics[f"{split}/{mode}_acc"] for split in splits}))
+        pass_metrics = sorted({key.split("/", 1)[1] for key in metrics if "/reasoning_pass@" in key})
+        for metric in pass_metrics:
+            k = metric.split("@")[1]
+            rows.append((mode, f"{summary['name']} (Pass@{k})",
+                         {split: metrics[f"{split}/{metric}"] for split in splits}))
+    return rows
+
+
+def write_sample_records(out_dir: Path, mode: str, records: list[dict]) -> None:
+    """Per-sample output of every rank, gathered to rank 0 (every rank calls it): standard_predictions.jsonl
+    (one line per sample) or reasoning_responses.jsonl (one line per response, field "response", for the
+    patterns command)."""
+    records = [record for rank_records in all_gather_objects(records) for record in rank_records]
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    records.sort(key=lambda record: (record["split"], record["doc_id"], record["position"]))
+    if mode == "standard":
+        path = out_dir / "standard_predictions.jsonl"
+        lines = [json.dumps(record) for record in records]
+    else:
+        path = out_dir / "reasoning_responses.jsonl"
+        lines = [json.dumps({"split": record["split"], "doc_id": record["doc_id"], "position": record["position"],
+                             "sample_index": index, "response": response, "correct": correct})
+                 for record in records
+                 for index, (response, correct) in enumerate(zip(record["responses"], record["correct"]))]
+    # json.dumps escapes the lone surrogates a response cut inside a UTF-8 character holds (token_text).
+    path.write_text("".join(line + "\n" for line in lines))
+    print(f"wrote {path} ({len(lines)} lines)", flush=True)

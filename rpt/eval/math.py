@@ -12,13 +12,13 @@ all-reduced: the numbers do not depend on the number of ranks. Verification time
 Deviations from the paper: the paper reports one accuracy number without saying how many samples it
 averages; `num_samples` sets it.
 """
-import numpy as np
 
-from rpt.data.questions import Question
+from rpt.data.prompts import PromptSettings
+from rpt.data.sample import Question
 from rpt.dist import reduce_metrics
 from rpt.eval.accuracy import compute_pass_at_k, data_parallel_layout, shard_evenly
 from rpt.rollout.engine import Engine, SamplingParams
-from rpt.rollout.groups import PromptSettings, RewardSettings, generate_groups, score_groups
+from rpt.rollout.groups import RewardSettings, generate_groups, score_groups
 
 
 def evaluate_math(tokenizer, engine: Engine, questions: list[Question], *, num_samples: int = 1,

@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rpt.data.mcq import LETTERS, ChoiceQuestion, standard_prompt_ids
+from rpt.data.prompts import LETTERS, PromptSettings, standard_prompt_ids
+from rpt.data.sample import ChoiceQuestion
 from rpt.dist import all_reduce
 from rpt.eval.accuracy import data_parallel_layout, format_mode_table, last_token_logits, shard_evenly
 from rpt.reward.extract import THINK_END, extract_prediction
 from rpt.reward.tokens import first_token_id, token_bytes
 from rpt.rollout.engine import Engine, SamplingParams
-from rpt.rollout.groups import PromptSettings, generate_groups
+from rpt.rollout.groups import generate_groups
 
 MODES = ("standard", "reasoning")
 # a box holding a letter, optionally in \text{}/\mathrm{}/parentheses, optionally followed by its option text

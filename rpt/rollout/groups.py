@@ -26,25 +26,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rpt.data.mcq import ChoiceQuestion, reasoning_prompt_ids
-from rpt.data.prompts import build_prompt_ids, special_prefix_ids
-from rpt.data.questions import Question, build_question_prompt_ids
-from rpt.data.sample import Sample
+from rpt.data.prompts import PromptSettings, item_prompt, special_prefix_ids
+from rpt.data.sample import ChoiceQuestion, Question, Sample
 from rpt.reward import answer_rewards, compute_rewards, extract_prediction, first_token_id, token_bytes, token_text
 from rpt.reward.answer import shared_verifier
 from rpt.rollout.engine import Completion, Engine, SamplingParams
 
 Item = Sample | Question | ChoiceQuestion  # what a batch item can be (see above)
-
-
-@dataclass(frozen=True)
-class PromptSettings:
-    """How a context becomes a prompt (the data.* fields of rpt.config)."""
-    template: str = "v0"  # v0..v6 (Table 10) or "raw"
-    chat: bool = True
-    think_prefill: bool = True
-    response_prefill: str = ""
-    max_prompt_tokens: int = 4096
 
 
 @dataclass(frozen=True)
@@ -66,30 +54,14 @@ class Group:
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # (G,) each, filled by score_groups
 
 
-def make_prompt(tokenizer, context_ids: list[int], settings: PromptSettings) -> list[int]:
-    """Template + chat template + prefill, with the context cut from the left to fit max_prompt_tokens."""
-    context = context_ids
-    while True:
-        ids = build_prompt_ids(tokenizer, context, template=settings.template, chat=settings.chat,
-                               think_prefill=settings.think_prefill, response_prefill=settings.response_prefill)
-        excess = len(ids) - settings.max_prompt_tokens
-        if excess <= 0:
-            return ids
-        if excess >= len(context):
-            raise ValueError(f"the template alone is {len(ids) - len(context)} tokens, over "
-                             f"data.max_prompt_tokens={settings.max_prompt_tokens}")
-        context = context[excess:]
-
-
-def item_prompt(tokenizer, item: Item, settings: PromptSettings) -> list[int]:
-    """A sample's prompt (make_prompt), a question's R1 math prompt (never cut: questions that do not fit
-    are dropped when loaded, rpt.data.questions.drop_long_questions) or a multiple-choice question's
-    reasoning-mode prompt."""
-    if isinstance(item, Question):
-        return build_question_prompt_ids(tokenizer, item.problem, settings.chat, settings.think_prefill)
-    if isinstance(item, ChoiceQuestion):
-        return reasoning_prompt_ids(tokenizer, item, settings.chat, settings.think_prefill)
-    return make_prompt(tokenizer, item.context_ids, settings)
+def flatten_groups(groups: list[Group]) -> tuple[list[list[int]], list[list[int]], list[torch.Tensor]]:
+    """b groups of G -> the update's N = b * G sequences: prompt ids (each group's, G times), response ids, and
+    the engine's log-probs of the sampled tokens (zeros for an engine that returns none)."""
+    prompts = [group.prompt_ids for group in groups for _ in group.completions]
+    responses = [c.token_ids for group in groups for c in group.completions]
+    behavior_logps = [torch.tensor(c.logprobs or [0.0] * len(c.token_ids)) for group in groups
+                      for c in group.completions]  # N x (T_i,)
+    return prompts, responses, behavior_logps
 
 
 def sample_seed(seed: int, sample: Item, step: int = 0, round_index: int = 0) -> int:

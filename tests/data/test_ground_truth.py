@@ -3,11 +3,12 @@ of OmniMATH) -> SampleStream -> the training's rollout path (rpt.rollout.groups:
 text, reward) scores a correct prediction of 12 tokens (and of 40) as 1; under the former 8-token cap the
 same prediction scored 0. A scripted engine "generates" the ground-truth tokens themselves."""
 from rpt.data.corpus import make_sample
+from rpt.data.prompts import PromptSettings
 from rpt.data.samples_io import SampleStream
 from rpt.reward import token_bytes
 from rpt.reward.tokens import tokenizer_bytes
 from rpt.rollout.engine import Completion, SamplingParams
-from rpt.rollout.groups import PromptSettings, RewardSettings, generate_groups, score_groups
+from rpt.rollout.groups import RewardSettings, generate_groups, score_groups
 
 PREFILL = "</think>\n\\boxed{"  # the response opens the box; the generated tokens are its content
 

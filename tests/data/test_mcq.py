@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from rpt.data.corpus import BadRecordReport
-from rpt.data.mcq import (format_question, load_choice_questions, read_choice_questions, reasoning_prompt_ids,
-                          standard_prompt_ids)
+from rpt.data.mcq import load_choice_questions, read_choice_questions
+from rpt.data.prompts import format_question, reasoning_prompt_ids, standard_prompt_ids
 from tests.mcq_files import write_mmlu_pro, write_supergpqa
 
 

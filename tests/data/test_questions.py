@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rpt.data.questions import (MATH_INSTRUCTION, SKYWORK_OR1_FIELDS, QuestionStream, build_question_prompt_ids,
-                                drop_long_questions, load_questions, read_questions)
 from rpt.data.corpus import BadRecordReport
+from rpt.data.prompts import MATH_INSTRUCTION, build_question_prompt_ids
+from rpt.data.questions import SKYWORK_OR1_FIELDS, QuestionStream, drop_long_questions, load_questions, read_questions
 
 
 def test_omni_math_rule_and_math500(omni_math_path, assets_dir):

@@ -12,8 +12,9 @@ import torch
 from rpt.data.sample import Sample
 from rpt.eval.accuracy import (compute_pass_at_k, evaluate, evaluate_split, format_accuracy_table,
                                predict_next_tokens, select_evenly, shard_evenly)
+from rpt.data.prompts import PromptSettings
 from rpt.rollout.engine import Completion, SamplingParams
-from rpt.rollout.groups import Group, PromptSettings, RewardSettings, response_text, score_groups
+from rpt.rollout.groups import Group, RewardSettings, response_text, score_groups
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,8 @@
 """Math accuracy (Table 2's column) on scripted responses with hand-computed accuracy and pass@k."""
 import pytest
 
-from rpt.data.questions import Question, build_question_prompt_ids
+from rpt.data.prompts import build_question_prompt_ids
+from rpt.data.sample import Question
 from rpt.eval.math import evaluate_math
 from tests.eval.test_mcq import ScriptedEngine
 

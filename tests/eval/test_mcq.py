@@ -4,7 +4,8 @@ tests/eval/test_downstream_ranks.py."""
 import pytest
 import torch
 
-from rpt.data.mcq import load_choice_questions, standard_prompt_ids
+from rpt.data.mcq import load_choice_questions
+from rpt.data.prompts import standard_prompt_ids
 from rpt.eval.mcq import evaluate_choice, extract_choice, format_choice_table
 from rpt.model import load_model, load_tokenizer
 from rpt.rollout.engine import Completion
@@ -63,7 +64,7 @@ class ScriptedEngine:
 
 
 def test_reasoning_mode_scores_scripted_responses(r1_tokenizer, mmlu_questions):
-    from rpt.data.mcq import reasoning_prompt_ids
+    from rpt.data.prompts import reasoning_prompt_ids
 
     _, questions = mmlu_questions
     scripts = [["<think>a</think>\\boxed{B}", "<think>a</think>\\boxed{C}"],  # answer B: 1/2

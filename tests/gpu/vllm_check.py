@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from rpt.config import load_config
-from rpt.train import build_engine
+from rpt.build import build_engine
 from rpt.model import load_model, load_tokenizer
 from rpt.plan import GIB, read_model_shape
 from rpt.rollout.engine import SamplingParams

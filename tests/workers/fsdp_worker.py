@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 from torch.distributed.tensor import DTensor
 
+from rpt.checkpoint import load_checkpoint, save_checkpoint
 from rpt.dist import cleanup, init_distributed
-from rpt.fsdp import build_policy, export_hf, iter_full_weights, load_checkpoint, save_checkpoint
+from rpt.fsdp import build_policy, export_hf, iter_full_weights
 from rpt.model import load_tokenizer
 
 model_dir, out = sys.argv[1], Path(sys.argv[2])
