@@ -1,4 +1,4 @@
-"""Learning check: does the whole loop learn? (README "Benchmarks")
+"""Learning check: does the whole loop learn? (docs/benchmarks.md)
 
 stories260K writes 4 stories (fixed seed, T=1, ~600 token positions); they become an in-domain corpus, and
 the loop trains stories260K on next-token prediction over them with the real machinery (prefix reward on raw

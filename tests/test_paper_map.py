@@ -1,6 +1,6 @@
-"""The README's paper-to-code map cannot drift from the code: its Table 5 rows hold the paper's values and
-equal the config defaults, every row with a literal value and one config field equals that default, and
-every `rpt.module.name` it cites imports."""
+"""The paper-to-code map (docs/paper_map.md) cannot drift from the code: its Table 5 rows hold the paper's
+values and equal the config defaults, every row with a literal value and one config field equals that
+default, and every `rpt.module.name` it cites imports."""
 import ast
 import dataclasses
 import importlib
@@ -20,7 +20,7 @@ CONFIG_FIELD = re.compile(r"^(" + "|".join(f.name for f in dataclasses.fields(Co
 
 def read_map_rows() -> list[list[str]]:
     """The cells of every body row of the table under '## The paper, item by item'."""
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "paper_map.md").read_text()
     section = text.split("\n## The paper, item by item\n", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| paper | value | code |"), rows[0]

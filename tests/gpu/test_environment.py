@@ -47,7 +47,7 @@ def test_vllm_imports_for_this_torch():
 
 def test_flash_attention_if_configured():
     if importlib.util.find_spec("flash_attn") is None:
-        pytest.skip("flash-attn not installed: model.attn_implementation stays sdpa (README)")
+        pytest.skip("flash-attn not installed: model.attn_implementation stays sdpa (docs/gpu.md)")
     import flash_attn
 
     print(f"flash-attn {flash_attn.__version__}")
